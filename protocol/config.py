@@ -30,9 +30,11 @@ def _convert(value: Any, hint: Any, name: str, source: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (types.UnionType, typing.Union):
-        if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):
-            if type(None) in args:
-                return None
+        is_null = value is None or (
+            isinstance(value, str) and value.lower() in ("", "none", "null")
+        )
+        if is_null and type(None) in args:
+            return None
         inner = [a for a in args if a is not type(None)]
         return _convert(value, inner[0], name, source)
     try:

@@ -1,0 +1,214 @@
+"""The scheduler: task table + dispatcher + local workers + TCP server, with one ordered close.
+
+Embeddable: ``await Scheduler(settings).start()`` binds the port (``port=0`` picks
+a free one, read back from :attr:`Scheduler.port`), and ``await close()`` shuts
+everything down in order. Every background task is owned here and awaited on close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Coroutine, Iterable
+from typing import Any
+
+import structlog
+
+from scheduler.dispatch import Dispatcher
+from scheduler.errors import SchedulerError
+from scheduler.local import LocalWorker
+from scheduler.server import ResultStream, Session
+from scheduler.settings import SchedulerSettings
+from scheduler.state import Job, TaskTable
+
+log = structlog.get_logger("taskmill.scheduler")
+
+EXPIRY_INTERVAL_S = 30.0
+RESTART_DELAY_MAX_S = 30.0
+
+
+class Scheduler:
+    def __init__(self, settings: SchedulerSettings) -> None:
+        self.settings = settings
+        self.table = TaskTable()
+        self.dispatcher = Dispatcher(self.table, on_job_progress=self.job_progress)
+        self.closing = False
+        self.started_at = time.time()
+        self._server: asyncio.Server | None = None
+        self._sessions: set[Session] = set()
+        self._watchers: dict[str, set[ResultStream]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._worker_seq = 0
+        self._restarts = 0
+        self.port: int = settings.port
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start local workers, then listen. Raises :class:`SchedulerError` on failure."""
+        try:
+            workers = await asyncio.gather(
+                *(self._start_worker() for _ in range(self.settings.local_workers))
+            )
+        except SchedulerError:
+            await self.close()
+            raise
+        for worker in workers:
+            self._adopt(worker)
+        if not workers:
+            self.table.known_handlers = None
+        try:
+            self._server = await asyncio.start_server(
+                self._on_connect, self.settings.host, self.settings.port, limit=1 << 20
+            )
+        except OSError as exc:
+            await self.close()
+            raise SchedulerError(
+                f"cannot listen on {self.settings.host}:{self.settings.port}: {exc.strerror or exc}"
+            ) from exc
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._spawn(self._expire_loop())
+        log.info(
+            "scheduler listening",
+            host=self.settings.host,
+            port=self.port,
+            local_workers=len(workers),
+            handlers=sorted(self.table.known_handlers or ()),
+        )
+
+    async def close(self) -> None:
+        """Stop accepting, let workers finish what they hold, flush clients, stop tasks."""
+        if self.closing:
+            return
+        self.closing = True
+        if self._server is not None:
+            self._server.close()
+        workers = list(self.dispatcher.workers.values())
+        await asyncio.gather(*(w.stop() for w in workers), return_exceptions=True)
+        await asyncio.gather(*(s.close() for s in list(self._sessions)), return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+        log.info("scheduler stopped", finished=self.table.finished_total)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # --- local workers -------------------------------------------------------------
+
+    async def _start_worker(self) -> LocalWorker:
+        self._worker_seq += 1
+        worker = LocalWorker(f"local-{self._worker_seq}")
+        await worker.start(("worker.builtin_handlers", *self.settings.handlers))
+        return worker
+
+    def _adopt(self, worker: LocalWorker) -> None:
+        self.dispatcher.add_worker(worker)
+        self._spawn(self._supervise(worker))
+
+    async def _supervise(self, worker: LocalWorker) -> None:
+        """Run a worker's result loop; when the process dies unexpectedly, replace it."""
+        await worker.serve(self.dispatcher.on_results)
+        self.dispatcher.remove_worker(worker)
+        if self.closing or worker.stopping:
+            return
+        self._restarts += 1
+        log.error("local worker died; restarting", worker=worker.id, returncode=worker.returncode)
+        delay = min(RESTART_DELAY_MAX_S, 0.05 * 2 ** min(self._restarts, 10))
+        while not self.closing:
+            await asyncio.sleep(delay)  # restart back-off, not synchronisation
+            try:
+                replacement = await self._start_worker()
+            except SchedulerError as exc:
+                log.error("cannot restart local worker", error=str(exc))
+                delay = min(RESTART_DELAY_MAX_S, delay * 2)
+                continue
+            if self._is_closing():  # close() may have begun while the process started
+                await replacement.kill()
+                return
+            self._adopt(replacement)
+            return
+
+    def _is_closing(self) -> bool:
+        return self.closing
+
+    # --- clients -------------------------------------------------------------------
+
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.closing:
+            writer.close()
+            return
+        session = Session(self, reader, writer)
+        self._sessions.add(session)
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            await session.run()
+        finally:
+            self._sessions.discard(session)
+            if task is not None:
+                self._tasks.discard(task)
+
+    def watch(self, stream: ResultStream) -> None:
+        self._watchers.setdefault(stream.job.id, set()).add(stream)
+
+    def unwatch(self, stream: ResultStream) -> None:
+        streams = self._watchers.get(stream.job.id)
+        if streams is not None:
+            streams.discard(stream)
+            if not streams:
+                del self._watchers[stream.job.id]
+
+    def job_progress(self, jobs: Iterable[Job]) -> None:
+        """Jobs gained results (or were sealed): wake the sessions streaming them."""
+        watchers = self._watchers
+        for job in jobs:
+            for stream in watchers.get(job.id, ()):
+                stream.session.schedule_flush()
+
+    # --- operations ----------------------------------------------------------------
+
+    def cancel(self, some_id: str) -> tuple[int, int]:
+        """Cancel queued tasks now and running ones through their workers."""
+        cancelled, running = self.table.cancel_queued(some_id)
+        cancelling = self.dispatcher.cancel_running(running)
+        self.job_progress({rec.job for rec in cancelled} | {rec.job for rec in running})
+        if some_id in self.table.jobs:
+            self.job_progress((self.table.jobs[some_id],))
+        return len(cancelled), cancelling
+
+    def stats(self) -> dict[str, Any]:
+        table = self.table
+        return {
+            "server": "taskmill",
+            "uptime_s": time.time() - self.started_at,
+            "submitted": table.submitted_total,
+            "queued": table.queued_total,
+            "running": table.running_total,
+            "finished": table.finished_total,
+            "by_state": {state.value: n for state, n in table.finished_by_state.items()},
+            "jobs": len(table.jobs),
+            "clients": len(self._sessions),
+            "workers": self.dispatcher.worker_info(),
+            "users": [
+                {"user": user, "queued": queued, "running": running}
+                for user, queued, running in table.queue.users()
+            ],
+            "handlers": sorted(table.known_handlers or ()),
+            "avg_runtime_s": self.dispatcher.avg_runtime_s,
+        }
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRY_INTERVAL_S)  # periodic housekeeping
+            dropped = self.table.expire(ttl_s=self.settings.result_ttl_s)
+            if dropped:
+                log.info("expired collected jobs", jobs=dropped)

@@ -1,0 +1,176 @@
+"""Moves tasks from the :class:`TaskTable` to workers and results back.
+
+The batching policy (:func:`hold_target`) is a pure function. The dispatcher
+itself is a thin layer: a coalesced ``pump`` callback (at most one per event-loop
+tick) tops workers up, and result frames are applied to the table in bulk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import structlog
+
+from protocol.model import TaskState
+from scheduler.local import LocalWorker
+from scheduler.state import Job, TaskRecord, TaskTable
+
+log = structlog.get_logger("taskmill.dispatch")
+
+LONG_TASK_S = 0.05  # above this mean runtime, a worker holds one task at a time
+WORK_AHEAD_S = 0.02  # below it, a worker holds about this much work to hide round trips
+MAX_HOLD = 1024
+
+
+def hold_target(avg_runtime_s: float | None, backlog: int, workers: int) -> int:
+    """How many tasks one worker should hold (running plus buffered).
+
+    Long tasks are handed out one at a time so no task waits behind another while a
+    worker is idle (Celery's prefetch problem). Short tasks are sent in batches worth
+    ``WORK_AHEAD_S`` of work, but never more than a fair share of the backlog so the
+    tail of a workload still spreads over every worker.
+    """
+    if avg_runtime_s is None or avg_runtime_s >= LONG_TASK_S:
+        per_worker = 1
+    else:
+        per_worker = max(2, min(MAX_HOLD, math.ceil(WORK_AHEAD_S / max(avg_runtime_s, 1e-6))))
+    fair_share = math.ceil(backlog / max(1, workers))
+    return max(1, min(per_worker, fair_share))
+
+
+class Dispatcher:
+    """Owns the task table's hand-out to local workers and the result path."""
+
+    def __init__(
+        self, table: TaskTable, *, on_job_progress: Callable[[Iterable[Job]], None]
+    ) -> None:
+        self.table = table
+        self.workers: dict[str, LocalWorker] = {}
+        self.avg_runtime_s: float | None = None
+        self._on_job_progress = on_job_progress
+        self._pump_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # --- workers -------------------------------------------------------------------
+
+    def add_worker(self, worker: LocalWorker) -> None:
+        self.workers[worker.id] = worker
+        self._refresh_known_handlers()
+        self.wake()
+
+    def remove_worker(self, worker: LocalWorker) -> None:
+        """A worker is gone: its held tasks are retried or failed, never lost."""
+        self.workers.pop(worker.id, None)
+        self._refresh_known_handlers()
+        held = list(worker.held.values())
+        worker.held.clear()
+        if held:
+            # Results come back in order, so only the first held task had started.
+            first, rest = held[0], held[1:]
+            self.table.put_back(rest)
+            touched = set()
+            if first.attempt < first.task.max_attempts:
+                self.table.put_back([first], started=True)
+            else:
+                reason = (
+                    f"local worker {worker.id} exited (code {worker.returncode}) "
+                    "while running the task"
+                )
+                if self.table.finish_without_running(first, TaskState.FAILED, reason):
+                    touched.add(first.job)
+            if touched:
+                self._on_job_progress(touched)
+        self.wake()
+
+    def _refresh_known_handlers(self) -> None:
+        if not self.workers:
+            return  # keep the last known set while workers restart
+        names: set[str] = set()
+        for w in self.workers.values():
+            names |= w.handlers
+        self.table.known_handlers = frozenset(names)
+
+    # --- dispatch ------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Schedule a pump for the end of this tick (coalesced)."""
+        if self._pump_scheduled:
+            return
+        self._pump_scheduled = True
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        self._loop.call_soon(self._pump)
+
+    def _pump(self) -> None:
+        self._pump_scheduled = False
+        table = self.table
+        if not table.queued_total:
+            return
+        workers = [w for w in self.workers.values() if w.alive and not w.stopping]
+        if not workers:
+            return
+        backlog = table.queued_total + table.running_total
+        target = hold_target(self.avg_runtime_s, backlog, len(workers))
+        for worker in workers:
+            held = len(worker.held)
+            if held > target // 2:
+                continue
+            recs = table.take(target - held, worker.min_p, worker.max_p)
+            if recs:
+                worker.send_tasks(recs)
+            if not table.queued_total:
+                break
+
+    # --- results -------------------------------------------------------------------
+
+    def on_results(self, worker: LocalWorker, results: list[dict[str, Any]]) -> None:
+        table = self.table
+        held = worker.held
+        touched: set[Job] = set()
+        runtime_sum = 0.0
+        timed = 0
+        for result in results:
+            rec = held.pop(result.get("id"), None)  # type: ignore[arg-type]
+            if rec is None:
+                log.warning(
+                    "result for a task this worker does not hold",
+                    worker=worker.id,
+                    id=result.get("id"),
+                )
+                continue
+            result["worker"] = worker.id
+            started, finished = result.get("started"), result.get("finished")
+            if started is not None and finished is not None:
+                runtime_sum += finished - started
+                timed += 1
+            if table.finish(rec, result):
+                touched.add(rec.job)
+        if timed:
+            mean = runtime_sum / timed
+            prev = self.avg_runtime_s
+            self.avg_runtime_s = mean if prev is None else 0.7 * prev + 0.3 * mean
+        if touched:
+            self._on_job_progress(touched)
+        self.wake()
+
+    # --- cancellation --------------------------------------------------------------
+
+    def cancel_running(self, recs: list[TaskRecord]) -> int:
+        """Ask the workers holding ``recs`` to cancel them; results arrive as usual."""
+        by_worker: dict[str, list[str]] = {}
+        for rec in recs:
+            if rec.worker is not None:
+                by_worker.setdefault(rec.worker, []).append(rec.task.id)
+        for wid, ids in by_worker.items():
+            worker = self.workers.get(wid)
+            if worker is not None:
+                worker.send_cancel(ids)
+        return sum(len(ids) for ids in by_worker.values())
+
+    def worker_info(self) -> list[dict[str, Any]]:
+        now = time.time()
+        return [dict(w.describe(), last_seen=now) for w in self.workers.values()]
