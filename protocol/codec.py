@@ -28,10 +28,16 @@ def unpack(data: bytes) -> Any:
     """Decode one msgpack document; any failure becomes :class:`DecodeError`."""
     try:
         return msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
-    except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-        raise DecodeError(f"frame body is not valid msgpack: {exc}") from exc
-    except (ValueError, TypeError, UnicodeDecodeError) as exc:
-        raise DecodeError(f"frame body is not valid msgpack: {exc}") from exc
+    except (
+        msgpack.ExtraData,
+        msgpack.FormatError,
+        msgpack.StackError,
+        ValueError,
+        TypeError,
+        UnicodeDecodeError,
+    ) as exc:
+        detail = str(exc) or type(exc).__name__
+        raise DecodeError(f"frame body is not valid msgpack ({detail})") from exc
 
 
 def is_packable(obj: Any) -> bool:

@@ -378,14 +378,16 @@ def results_frame(
 # --- scheduler <-> local worker process ---------------------------------------------------
 # A local worker process speaks the same framing over a socketpair:
 #   worker -> scheduler  {"op": "ready", "worker": ID, "pid": PID, "handlers": [NAMES]}
+#   worker -> scheduler  {"op": "fatal", "error": MESSAGE}   could not start (bad --handlers)
 #   scheduler -> worker  {"op": "run", "tasks": [Task.execution_wire(...), ...]}
 #   scheduler -> worker  {"op": "cancel", "ids": [ID, ...]}
 #   scheduler -> worker  {"op": "stop"}            finish the batch in hand, then exit
 #   worker -> scheduler  {"op": "results", "results": [result wire, ...]}
 # A result wire from a worker has: id, state, exit_code, stdout, stderr, value, error,
-# attempt, started, finished (the scheduler adds job, worker and submitted).
+# attempt, started, finished, worker (the scheduler adds job and submitted).
 
 W_READY = "ready"
+W_FATAL = "fatal"
 W_RUN = "run"
 W_CANCEL = "cancel"
 W_STOP = "stop"

@@ -106,7 +106,11 @@ class Scheduler:
     async def _start_worker(self) -> LocalWorker:
         self._worker_seq += 1
         worker = LocalWorker(f"local-{self._worker_seq}")
-        await worker.start(("worker.builtin_handlers", *self.settings.handlers))
+        await worker.start(
+            self.settings.handlers,
+            log_level=self.settings.log_level,
+            log_format="console" if self.settings.log_format == "console" else "json",
+        )
         return worker
 
     def _adopt(self, worker: LocalWorker) -> None:

@@ -27,6 +27,7 @@ log = structlog.get_logger("taskmill.local")
 
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
+KILL_GRACE_S = 2.0
 
 
 class LocalWorker:
@@ -63,7 +64,9 @@ class LocalWorker:
             "alive": self.alive,
         }
 
-    async def start(self, handlers: Sequence[str]) -> None:
+    async def start(
+        self, handlers: Sequence[str], *, log_level: str = "info", log_format: str = "json"
+    ) -> None:
         parent, child = socket.socketpair()
         env = dict(os.environ)
         # Handler modules are named relative to where the user runs taskmill.
@@ -80,6 +83,7 @@ class LocalWorker:
         ]
         if handlers:
             argv += ["--handlers", ",".join(handlers)]
+        argv += ["--log-level", log_level, "--log-format", log_format]
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 *argv, pass_fds=(child.fileno(),), stdin=asyncio.subprocess.DEVNULL, env=env
@@ -156,9 +160,17 @@ class LocalWorker:
                 await self.kill()
 
     async def kill(self) -> None:
-        if self._proc is not None and self._proc.returncode is None:
+        """SIGTERM first: the worker's handler takes its running task's process group
+        down with it, which a SIGKILL of the worker alone would orphan."""
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                self._proc.kill()
-            await self._proc.wait()
+                proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), KILL_GRACE_S)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
         if self._writer is not None:
             self._writer.close()

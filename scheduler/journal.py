@@ -1,0 +1,280 @@
+"""The durable journal: accepted tasks, attempts and results in SQLite (WAL).
+
+Writes are group-committed by one owned writer thread: the event loop appends
+records to an in-memory batch and returns at once; the thread takes everything
+pending, writes it in one transaction and commits, then calls back into the loop.
+While it commits, the next batch accumulates, so a busy scheduler makes large
+commits and an idle one makes small, prompt ones; there is never one commit per
+task. ``synchronous=NORMAL`` in WAL mode means a commit survives the process being
+killed (it is in the OS once ``commit`` returns) without an fsync per commit.
+
+Callers use :meth:`Journal.after_commit` to act only once their records are
+durable: the scheduler acknowledges a submit, and sends a result to a client, only
+after the journal holds it, so a restart never loses or repeats what a client saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from protocol.codec import pack, unpack
+
+log = structlog.get_logger("taskmill.journal")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    sealed INTEGER NOT NULL DEFAULT 0,
+    collected REAL
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    job TEXT NOT NULL,
+    submitted REAL NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_job ON tasks(job);
+CREATE TABLE IF NOT EXISTS starts (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    ids BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS results (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL,
+    job TEXT NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS results_job ON results(job);
+"""
+
+
+class JournalError(Exception):
+    """The journal cannot be opened or written (disk full, permissions, corruption)."""
+
+
+@dataclass(slots=True)
+class _Batch:
+    jobs: list[tuple[str, float, int]] = field(default_factory=list)
+    sealed: list[str] = field(default_factory=list)
+    tasks: list[tuple[str, str, float, bytes]] = field(default_factory=list)
+    starts: list[bytes] = field(default_factory=list)
+    results: list[tuple[str, str, bytes]] = field(default_factory=list)
+    collected: list[tuple[float, str]] = field(default_factory=list)
+    dropped_jobs: list[str] = field(default_factory=list)
+    callbacks: list[Callable[[BaseException | None], None]] = field(default_factory=list)
+
+    def empty(self) -> bool:
+        return not (
+            self.jobs
+            or self.sealed
+            or self.tasks
+            or self.starts
+            or self.results
+            or self.collected
+            or self.dropped_jobs
+            or self.callbacks
+        )
+
+
+@dataclass(slots=True, frozen=True)
+class Replay:
+    """Everything the journal holds, in the order it was written."""
+
+    jobs: list[tuple[str, float, bool, float | None]]
+    tasks: list[tuple[str, str, float, dict[str, Any]]]
+    attempts: dict[str, int]
+    results: list[tuple[str, dict[str, Any]]]
+
+
+class Journal:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._batch = _Batch()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._conn: sqlite3.Connection | None = None
+        self.failed: BaseException | None = None
+        self.commits = 0
+        self.commit_seconds = 0.0
+
+    # --- open / replay / close -------------------------------------------------------
+
+    def open(self) -> Replay:
+        """Open (creating) the database and read back everything in it."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(SCHEMA)
+            replay = self._read(conn)
+        except (sqlite3.Error, OSError) as exc:
+            raise JournalError(f"cannot open the journal at {self.path}: {exc}") from exc
+        self._conn = conn
+        return replay
+
+    @staticmethod
+    def _read(conn: sqlite3.Connection) -> Replay:
+        jobs = [
+            (row[0], row[1], bool(row[2]), row[3])
+            for row in conn.execute(
+                "SELECT id, created, sealed, collected FROM jobs ORDER BY rowid"
+            )
+        ]
+        tasks = [
+            (row[0], row[1], row[2], unpack(row[3]))
+            for row in conn.execute("SELECT id, job, submitted, body FROM tasks ORDER BY seq")
+        ]
+        attempts: dict[str, int] = {}
+        for (ids,) in conn.execute("SELECT ids FROM starts ORDER BY seq"):
+            for task_id in unpack(ids):
+                attempts[task_id] = attempts.get(task_id, 0) + 1
+        results = [
+            (row[0], unpack(row[1]))
+            for row in conn.execute("SELECT id, body FROM results ORDER BY seq")
+        ]
+        return Replay(jobs=jobs, tasks=tasks, attempts=attempts, results=results)
+
+    def start(self) -> None:
+        """Start the writer thread; callbacks run on the calling event loop."""
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="taskmill-journal", daemon=True)
+        self._thread.start()
+
+    async def close(self) -> None:
+        """Commit what is pending, then stop the writer and close the database."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # --- recording (event loop side, no I/O) -------------------------------------------
+
+    def _changed(self) -> None:
+        with self._cond:
+            self._cond.notify()
+
+    def job_created(self, job_id: str, created: float, sealed: bool) -> None:
+        self._batch.jobs.append((job_id, created, int(sealed)))
+
+    def job_sealed(self, job_id: str) -> None:
+        self._batch.sealed.append(job_id)
+
+    def tasks_accepted(self, rows: Iterator[tuple[str, str, float, dict[str, Any]]]) -> None:
+        self._batch.tasks.extend((tid, job, sub, pack(body)) for tid, job, sub, body in rows)
+
+    def tasks_started(self, ids: list[str]) -> None:
+        if ids:
+            self._batch.starts.append(pack(ids))
+
+    def result(self, task_id: str, job_id: str, body: dict[str, Any]) -> None:
+        self._batch.results.append((task_id, job_id, pack(body)))
+
+    def job_collected(self, job_id: str, when: float) -> None:
+        self._batch.collected.append((when, job_id))
+
+    def jobs_dropped(self, job_ids: list[str]) -> None:
+        self._batch.dropped_jobs.extend(job_ids)
+
+    def after_commit(self, callback: Callable[[BaseException | None], None]) -> None:
+        """Run ``callback(error)`` on the event loop once everything recorded so far is
+        durable (``error`` is None) or failed to be written (the exception)."""
+        self._batch.callbacks.append(callback)
+        self._changed()
+
+    def flush_soon(self) -> None:
+        """Wake the writer for records that nobody waits on."""
+        self._changed()
+
+    # --- writer thread -------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._batch.empty() and not self._closing:
+                    self._cond.wait()
+                batch, self._batch = self._batch, _Batch()
+                closing = self._closing
+            if not batch.empty():
+                self._write(batch)
+            if closing and self._batch.empty():
+                return
+
+    def _write(self, batch: _Batch) -> None:
+        conn = self._conn
+        assert conn is not None and self._loop is not None
+        t0 = time.perf_counter()
+        try:
+            conn.execute("BEGIN")
+            if batch.jobs:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO jobs(id, created, sealed) VALUES (?, ?, ?)", batch.jobs
+                )
+            if batch.tasks:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO tasks(id, job, submitted, body) VALUES (?, ?, ?, ?)",
+                    batch.tasks,
+                )
+            if batch.sealed:
+                conn.executemany(
+                    "UPDATE jobs SET sealed = 1 WHERE id = ?", [(j,) for j in batch.sealed]
+                )
+            if batch.starts:
+                conn.executemany("INSERT INTO starts(ids) VALUES (?)", [(b,) for b in batch.starts])
+            if batch.results:
+                conn.executemany(
+                    "INSERT INTO results(id, job, body) VALUES (?, ?, ?)", batch.results
+                )
+            if batch.collected:
+                conn.executemany("UPDATE jobs SET collected = ? WHERE id = ?", batch.collected)
+            if batch.dropped_jobs:
+                self._drop(conn, batch.dropped_jobs)
+            conn.execute("COMMIT")
+        except (sqlite3.Error, OSError) as exc:
+            # A journal that cannot write (full disk) must not ack work it cannot keep.
+            self.failed = exc
+            log.error("journal write failed", error=str(exc), path=str(self.path))
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            self._loop.call_soon_threadsafe(_run_all, batch.callbacks, exc)
+            return
+        self.commits += 1
+        self.commit_seconds += time.perf_counter() - t0
+        if batch.callbacks:
+            self._loop.call_soon_threadsafe(_run_all, batch.callbacks, None)
+
+    @staticmethod
+    def _drop(conn: sqlite3.Connection, job_ids: list[str]) -> None:
+        rows = [(j,) for j in job_ids]
+        conn.executemany("DELETE FROM results WHERE job = ?", rows)
+        conn.executemany("DELETE FROM tasks WHERE job = ?", rows)
+        conn.executemany("DELETE FROM jobs WHERE id = ?", rows)
+        # starts rows hold ids of many jobs; they are compacted on the next open instead.
+
+
+def _run_all(
+    callbacks: list[Callable[[BaseException | None], None]], error: BaseException | None
+) -> None:
+    for cb in callbacks:
+        try:
+            cb(error)
+        except Exception:
+            log.exception("journal callback failed")

@@ -1,0 +1,124 @@
+"""Turn one execution wire (``Task.execution_wire``) into one result wire.
+
+This is the single entry point the worker process (and any other executor) uses; it
+never raises for a task's own faults, so one bad task cannot take down a worker.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from protocol.model import TaskState
+from worker.calls import invoke
+from worker.registry import Registry, default_registry
+from worker.shell import DEFAULT_KILL_GRACE_S, run_shell
+
+_FAILED = TaskState.FAILED.value
+_CANCELLED = TaskState.CANCELLED.value
+
+
+def _result(
+    task: dict[str, Any],
+    worker_id: str,
+    state: str,
+    *,
+    exit_code: int | None = None,
+    stdout: str = "",
+    stderr: str = "",
+    value: Any = None,
+    error: str | None = None,
+    started: float | None = None,
+    finished: float | None = None,
+) -> dict[str, Any]:
+    return {
+        "id": task.get("id"),
+        "state": state,
+        "exit_code": exit_code,
+        "stdout": stdout,
+        "stderr": stderr,
+        "value": value,
+        "error": error,
+        "attempt": task.get("attempt", 1),
+        "started": started,
+        "finished": time.time() if finished is None else finished,
+        "worker": worker_id,
+    }
+
+
+def cancelled_result(
+    task: dict[str, Any], *, worker_id: str, error: str = "cancelled"
+) -> dict[str, Any]:
+    """The result of a task cancelled before it started (``started`` stays ``None``)."""
+    return _result(task, worker_id, _CANCELLED, error=error)
+
+
+def execute(
+    task: dict[str, Any],
+    *,
+    worker_id: str,
+    kill_grace_s: float = DEFAULT_KILL_GRACE_S,
+    control_fd: int | None = None,
+    on_control: Callable[[], bool] | None = None,
+    wake_at: float | None = None,
+    on_wake: Callable[[], None] | None = None,
+    registry: Registry = default_registry,
+) -> dict[str, Any]:
+    """Run one task and return its result wire.
+
+    The result has: id, state, exit_code, stdout, stderr, value, error, attempt, started,
+    finished, worker. ``control_fd``/``on_control`` and ``wake_at``/``on_wake`` are passed
+    to :func:`worker.shell.run_shell` (a call task cannot be interrupted by them).
+    """
+    kind = task.get("kind")
+    if kind == "call":
+        fn = task.get("fn")
+        if not isinstance(fn, str):
+            return _result(task, worker_id, _FAILED, error="invalid task: fn must be a string")
+        state, value, error, stderr, started, finished = invoke(
+            fn, task.get("args"), task.get("kwargs"), task.get("timeout_s"), registry
+        )
+        return {
+            "id": task.get("id"),
+            "state": state,
+            "exit_code": None,
+            "stdout": "",
+            "stderr": stderr,
+            "value": value,
+            "error": error,
+            "attempt": task.get("attempt", 1),
+            "started": started,
+            "finished": finished,
+            "worker": worker_id,
+        }
+    if kind == "shell":
+        cmd = task.get("cmd")
+        if not isinstance(cmd, str):
+            return _result(task, worker_id, _FAILED, error="invalid task: cmd must be a string")
+        shell = run_shell(
+            cmd,
+            timeout_s=task.get("timeout_s"),
+            kill_grace_s=kill_grace_s,
+            control_fd=control_fd,
+            on_control=on_control,
+            wake_at=wake_at,
+            on_wake=on_wake,
+        )
+        return _result(
+            task,
+            worker_id,
+            shell.state.value,
+            exit_code=shell.exit_code,
+            stdout=shell.stdout,
+            stderr=shell.stderr,
+            error=shell.error,
+            started=shell.started,
+            finished=shell.finished,
+        )
+    return _result(
+        task,
+        worker_id,
+        _FAILED,
+        error=f"invalid task: kind must be 'shell' or 'call', got {kind!r}",
+    )
