@@ -30,7 +30,13 @@ async def start_scheduler() -> AsyncIterator[SchedulerFactory]:
 
     async def factory(**overrides: Any) -> Scheduler:
         settings = SchedulerSettings(
-            **{"host": "127.0.0.1", "port": 0, "local_workers": 2, "handlers": (TEST_HANDLERS,), **overrides}
+            **{
+                "host": "127.0.0.1",
+                "port": 0,
+                "local_workers": 2,
+                "handlers": (TEST_HANDLERS,),
+                **overrides,
+            }
         )
         sched = Scheduler(settings)
         started.append(sched)

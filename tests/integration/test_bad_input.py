@@ -71,7 +71,9 @@ async def test_message_level_errors_keep_the_connection(start_scheduler: Schedul
     conn.close()
 
 
-async def test_oversized_frame_is_refused_before_the_body(start_scheduler: SchedulerFactory) -> None:
+async def test_oversized_frame_is_refused_before_the_body(
+    start_scheduler: SchedulerFactory,
+) -> None:
     sched = await start_scheduler(local_workers=0, max_frame_bytes=4096)
     conn = await RawConn.open(sched.port)
     await conn.send_bytes(struct.pack(">I", 1 << 30))  # claims 1 GiB, sends nothing more

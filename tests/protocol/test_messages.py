@@ -50,10 +50,22 @@ def test_submit_parses_shell_and_call_tasks() -> None:
         ({"op": "ping"}, ErrorCode.BAD_MESSAGE, "integer rid"),
         ({"op": "ping", "rid": "1"}, ErrorCode.BAD_MESSAGE, "integer rid"),
         ({"op": "submit", "rid": 1}, ErrorCode.MISSING_FIELD, "tasks is required"),
-        ({"op": "submit", "rid": 1, "tasks": {}}, ErrorCode.INVALID_FIELD, "tasks must be an array"),
-        ({"op": "submit", "rid": 1, "tasks": [3]}, ErrorCode.INVALID_FIELD, "tasks[0] must be a map"),
+        (
+            {"op": "submit", "rid": 1, "tasks": {}},
+            ErrorCode.INVALID_FIELD,
+            "tasks must be an array",
+        ),
+        (
+            {"op": "submit", "rid": 1, "tasks": [3]},
+            ErrorCode.INVALID_FIELD,
+            "tasks[0] must be a map",
+        ),
         ({"op": "submit", "rid": 1, "tasks": [{}]}, ErrorCode.MISSING_FIELD, "needs a cmd"),
-        ({"op": "submit", "rid": 1, "tasks": [{"cmd": 5}]}, ErrorCode.INVALID_FIELD, "tasks[0].cmd"),
+        (
+            {"op": "submit", "rid": 1, "tasks": [{"cmd": 5}]},
+            ErrorCode.INVALID_FIELD,
+            "tasks[0].cmd",
+        ),
         (
             {"op": "submit", "rid": 1, "tasks": [{"cmd": "x"}, {"cmd": "y", "timeout_s": -1}]},
             ErrorCode.INVALID_FIELD,

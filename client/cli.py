@@ -1,0 +1,307 @@
+"""The ``taskmill`` command line: argument parsing and dispatch to :mod:`client.commands`.
+
+    taskmill scheduler [--host H] [--port|-s PORT] [--local-workers|-lw N] [--handlers MOD]
+    taskmill client -s HOST:PORT -w WORKLOAD [--output F] [--json]
+    taskmill run -w WORKLOAD [-lw N] [--handlers MOD] [--output F] [--json]
+    taskmill workload-gen NB_TASKS SLEEP_MS [-o FILE]
+    taskmill submit|status|results|cancel -s HOST:PORT ...
+
+This module is the composition root: scheduler code is imported only when the
+``scheduler`` or ``run`` command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from client import commands
+from client.address import DEFAULT_PORT, AddressError, parse_address
+from client.client import DEFAULT_BATCH_SIZE
+from client.errors import ClientError, ConnectionLost
+from client.workload import FORMATS
+from protocol.errors import ProtocolError, RemoteError
+
+DEFAULT_SERVER = f"127.0.0.1:{DEFAULT_PORT}"
+PROG = "taskmill"
+
+EPILOG = """exit status: 0 every task succeeded, 1 some task did not succeed,
+2 bad input (usage, workload, address, refused request, no scheduler), 3 connection lost."""
+
+
+def _address(text: str) -> tuple[str, int]:
+    try:
+        return parse_address(text)
+    except AddressError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be a number from 0 to 65535, got {text!r}")
+    return int(text)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def _add_server(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-s",
+        "--server",
+        type=_address,
+        default=os.environ.get("TASKMILL_SERVER", DEFAULT_SERVER),
+        metavar="HOST:PORT",
+        help=f"the scheduler's address (default: $TASKMILL_SERVER or {DEFAULT_SERVER})",
+    )
+
+
+def _add_workload(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-w",
+        "--workload",
+        required=True,
+        metavar="WORKLOAD",
+        help="workload file: one shell command per line, or JSON Lines (.jsonl); - for stdin",
+    )
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="auto",
+        help="workload format (default: auto, by the file name's suffix)",
+    )
+    p.add_argument("--user", help="user the tasks are queued for (fair share)")
+    p.add_argument("--priority", type=int, help="default priority of the tasks (higher first)")
+    p.add_argument(
+        "--batch-size",
+        type=_positive,
+        default=DEFAULT_BATCH_SIZE,
+        help=f"tasks per submit frame (default: {DEFAULT_BATCH_SIZE})",
+    )
+
+
+def _add_report(p: argparse.ArgumentParser, *, output_help: str) -> None:
+    p.add_argument("--output", metavar="FILE", help=output_help)
+    p.add_argument(
+        "--json", action="store_true", help="print the summary as a JSON object (last line)"
+    )
+
+
+def _add_scheduler_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--local-workers",
+        "-lw",
+        dest="local_workers",
+        metavar="N",
+        help="number of local worker processes (default: one per CPU)",
+    )
+    p.add_argument(
+        "--handlers",
+        action="append",
+        metavar="MODULE[,MODULE]",
+        help="Python module(s) registering @handler functions for call tasks",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="taskmill: run large workloads of independent tasks on a pool of workers.",
+        epilog=EPILOG,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("scheduler", help="run the scheduler daemon", epilog=EPILOG)
+    p.add_argument("--host", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", "-s", type=_port, help=f"port to listen on (default: {DEFAULT_PORT})")
+    _add_scheduler_options(p)
+    p.add_argument("--config", metavar="FILE.toml", help="settings file (TOML)")
+    p.add_argument("--log-format", choices=("auto", "json", "console"))
+    p.add_argument("--log-level", type=str.lower, choices=("debug", "info", "warning", "error"))
+    p.set_defaults(func=_scheduler)
+
+    p = sub.add_parser(
+        "client", help="submit a workload to a scheduler and wait for every result", epilog=EPILOG
+    )
+    _add_server(p)
+    _add_workload(p)
+    _add_report(p, output_help="write every result as a JSON object per line")
+    p.set_defaults(func=_client)
+
+    p = sub.add_parser(
+        "run", help="run a workload on an embedded scheduler with local workers", epilog=EPILOG
+    )
+    _add_workload(p)
+    _add_scheduler_options(p)
+    _add_report(p, output_help="write every result as a JSON object per line")
+    p.add_argument("--log-level", type=str.lower, choices=("debug", "info", "warning", "error"))
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("workload-gen", help="write a workload of sleep tasks")
+    p.add_argument("nb_tasks", type=_non_negative, metavar="NB_TASKS")
+    p.add_argument("sleep_ms", metavar="SLEEP_MS", help="sleep time of each task, milliseconds")
+    p.add_argument("-o", "--output", metavar="FILE", help="output file (default: stdout)")
+    p.set_defaults(func=_workload_gen)
+
+    p = sub.add_parser("submit", help="submit a workload, print the job id, do not wait")
+    _add_server(p)
+    _add_workload(p)
+    p.add_argument("--json", action="store_true", help="print {job, tasks} as JSON")
+    p.set_defaults(func=_submit)
+
+    p = sub.add_parser("status", help="state counts of a job, or one task's state")
+    _add_server(p)
+    p.add_argument("id", metavar="ID", help="a job id or a task id")
+    p.add_argument("--json", action="store_true", help="print the status reply as JSON")
+    p.set_defaults(func=_status)
+
+    p = sub.add_parser("results", help="results of a job (so far, or --follow until done)")
+    _add_server(p)
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("--follow", action="store_true", help="stream until the job is done")
+    _add_report(p, output_help="write the results there (default: stdout, JSON Lines)")
+    p.set_defaults(func=_results)
+
+    p = sub.add_parser("cancel", help="cancel a job's unfinished tasks, or one task")
+    _add_server(p)
+    p.add_argument("id", metavar="ID", help="a job id or a task id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cancel)
+    return parser
+
+
+def _handlers(values: list[str] | None) -> str | None:
+    return ",".join(values) if values else None
+
+
+def _scheduler(a: argparse.Namespace) -> int:
+    return commands.cmd_scheduler(
+        host=a.host,
+        port=a.port,
+        local_workers=a.local_workers,
+        handlers=_handlers(a.handlers),
+        config=a.config,
+        log_format=a.log_format,
+        log_level=a.log_level,
+    )
+
+
+def _client(a: argparse.Namespace) -> int:
+    host, port = a.server
+    return commands.cmd_client(
+        host,
+        port,
+        workload=a.workload,
+        fmt=a.format,
+        output=a.output,
+        as_json=a.json,
+        user=a.user,
+        priority=a.priority,
+        batch_size=a.batch_size,
+    )
+
+
+def _run(a: argparse.Namespace) -> int:
+    return commands.cmd_run(
+        workload=a.workload,
+        fmt=a.format,
+        local_workers=a.local_workers,
+        handlers=_handlers(a.handlers),
+        output=a.output,
+        as_json=a.json,
+        user=a.user,
+        priority=a.priority,
+        batch_size=a.batch_size,
+        log_level=a.log_level,
+    )
+
+
+def _workload_gen(a: argparse.Namespace) -> int:
+    return commands.cmd_workload_gen(a.nb_tasks, a.sleep_ms, output=a.output)
+
+
+def _submit(a: argparse.Namespace) -> int:
+    host, port = a.server
+    return commands.cmd_submit(
+        host,
+        port,
+        workload=a.workload,
+        fmt=a.format,
+        as_json=a.json,
+        user=a.user,
+        priority=a.priority,
+        batch_size=a.batch_size,
+    )
+
+
+def _status(a: argparse.Namespace) -> int:
+    host, port = a.server
+    return commands.cmd_status(host, port, id=a.id, as_json=a.json)
+
+
+def _results(a: argparse.Namespace) -> int:
+    host, port = a.server
+    return commands.cmd_results(
+        host, port, job=a.job, output=a.output, follow=a.follow, as_json=a.json
+    )
+
+
+def _cancel(a: argparse.Namespace) -> int:
+    host, port = a.server
+    return commands.cmd_cancel(host, port, id=a.id, as_json=a.json)
+
+
+def _error(message: str) -> None:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (the console script exits with it)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed by argparse
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except ConnectionLost as exc:
+        _error(str(exc))
+        return commands.EXIT_CONNECTION_LOST
+    except RemoteError as exc:
+        _error(f"the scheduler refused the request: {exc}")
+        return commands.EXIT_USAGE
+    except (ClientError, ProtocolError) as exc:
+        _error(str(exc))
+        return commands.EXIT_USAGE
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+    except BrokenPipeError:
+        # stdout went away (``| head``): stop quietly, without a second error at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

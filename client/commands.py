@@ -1,0 +1,371 @@
+"""The CLI's commands: each takes plain arguments and returns the process exit status.
+
+Exit status: 0 all tasks succeeded (or the command did what it was asked), 1 some
+task did not succeed, 2 bad input (usage, workload, address, settings, a request the
+scheduler refused, no scheduler to talk to), 3 the connection was lost mid-way.
+``client.cli`` maps :class:`ClientError` and friends to those codes and messages.
+
+The scheduler is imported only inside :func:`cmd_run` and :func:`cmd_scheduler`:
+``taskmill client`` and the other client commands never load scheduler code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any, TextIO
+
+from client.client import DEFAULT_BATCH_SIZE, Client
+from client.errors import ClientError, os_reason
+from client.loop import run as run_async
+from client.progress import Progress
+from client.summary import ResultWriter, Summary, describe_failure
+from client.workload import generate_workload, load_workload
+from protocol.config import ConfigError
+from protocol.model import ALL_STATES
+
+EXIT_OK = 0
+EXIT_TASKS_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CONNECTION_LOST = 3
+FAILURES_SHOWN = 3
+
+
+class CommandError(ClientError):
+    """Bad input to a command (an output file that cannot be written, bad settings...)."""
+
+
+@contextlib.contextmanager
+def open_output(path: str | None) -> Iterator[ResultWriter | None]:
+    """A :class:`ResultWriter` on ``path`` (``-`` is stdout), opened before any work."""
+    if path is None:
+        yield None
+        return
+    if path == "-":
+        yield ResultWriter(sys.stdout)
+        return
+    try:
+        fh = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise CommandError(f"cannot write the output file {path}: {os_reason(exc)}") from None
+    with fh:
+        yield ResultWriter(fh)
+
+
+def load_tasks(path: str, fmt: str) -> list[dict[str, Any]]:
+    tasks = load_workload(path, fmt)
+    if not tasks:
+        raise CommandError(f"{path}: the workload has no tasks")
+    return tasks
+
+
+# --- submit + wait ----------------------------------------------------------------------
+
+
+async def submit_and_wait(
+    client: Client,
+    tasks: Sequence[dict[str, Any]],
+    *,
+    user: str | None = None,
+    priority: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    writer: ResultWriter | None = None,
+    progress: Progress | None = None,
+) -> Summary:
+    """Submit ``tasks`` as one job and collect every result into a :class:`Summary`."""
+    progress = progress or Progress(len(tasks))
+    start = time.perf_counter()
+    submission = await client.submit(tasks, user=user, priority=priority, batch_size=batch_size)
+    summary = Summary(job=submission.job, expected=len(submission.ids))
+    progress.update(0, total=len(submission.ids))
+    try:
+        async with contextlib.aclosing(client.result_batches(submission.job)) as batches:
+            async for batch in batches:
+                summary.add(batch.results)
+                if writer is not None:
+                    writer.write(batch.results)
+                progress.update(summary.tasks, summary.failed)
+    finally:
+        summary.elapsed_s = time.perf_counter() - start
+        progress.close()
+    return summary
+
+
+def report(summary: Summary, *, as_json: bool, out: TextIO | None = None) -> int:
+    """Print failures (stderr) and the summary (stdout); return the exit status."""
+    out = out or sys.stdout
+    for failure in summary.failures[:FAILURES_SHOWN]:
+        print(f"taskmill: {describe_failure(failure)}", file=sys.stderr)
+    if summary.failed > FAILURES_SHOWN:
+        more = summary.failed - FAILURES_SHOWN
+        print(f"taskmill: ... and {more} more tasks did not succeed", file=sys.stderr)
+    missing = (summary.expected or 0) - summary.tasks
+    if missing > 0:
+        print(f"taskmill: warning: {missing} results never arrived", file=sys.stderr)
+    print(summary.to_json() if as_json else summary.line(), file=out)
+    out.flush()
+    return EXIT_TASKS_FAILED if summary.failed or missing > 0 else EXIT_OK
+
+
+def cmd_client(
+    host: str,
+    port: int,
+    *,
+    workload: str,
+    fmt: str = "auto",
+    output: str | None = None,
+    as_json: bool = False,
+    user: str | None = None,
+    priority: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> int:
+    """``taskmill client``: submit a workload to a running scheduler and wait."""
+    tasks = load_tasks(workload, fmt)
+
+    async def go(writer: ResultWriter | None) -> Summary:
+        async with Client(host, port) as client:
+            return await submit_and_wait(
+                client, tasks, user=user, priority=priority, batch_size=batch_size, writer=writer
+            )
+
+    with open_output(output) as writer:
+        summary = run_async(go(writer))
+    return report(summary, as_json=as_json)
+
+
+def cmd_run(
+    *,
+    workload: str,
+    fmt: str = "auto",
+    local_workers: str | None = None,
+    handlers: str | None = None,
+    output: str | None = None,
+    as_json: bool = False,
+    user: str | None = None,
+    priority: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    log_level: str | None = None,
+) -> int:
+    """``taskmill run``: an in-process scheduler with local workers, then the client."""
+    from protocol.config import load
+    from protocol.logs import configure_logging
+    from scheduler.app import Scheduler
+    from scheduler.errors import SchedulerError
+    from scheduler.settings import SchedulerSettings
+
+    tasks = load_tasks(workload, fmt)
+    if log_level is None and "TASKMILL_LOG_LEVEL" not in os.environ:
+        log_level = "warning"  # an embedded scheduler stays quiet unless asked
+    overrides = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "local_workers": local_workers,
+        "handlers": handlers,
+        "log_level": log_level,
+    }
+    try:
+        settings = load(SchedulerSettings, overrides=overrides)
+        configure_logging(settings.log_level, settings.log_format)
+    except (ConfigError, ValueError) as exc:
+        raise CommandError(f"bad scheduler settings: {exc}") from None
+
+    async def go(writer: ResultWriter | None) -> Summary:
+        scheduler = Scheduler(settings)
+        try:
+            await scheduler.start()
+        except SchedulerError as exc:
+            raise CommandError(f"cannot start the embedded scheduler: {exc}") from None
+        try:
+            async with Client("127.0.0.1", scheduler.port, max_frame=settings.max_frame_bytes) as c:
+                return await submit_and_wait(
+                    c, tasks, user=user, priority=priority, batch_size=batch_size, writer=writer
+                )
+        finally:
+            await scheduler.close()
+
+    with open_output(output) as writer:
+        summary = run_async(go(writer))
+    return report(summary, as_json=as_json)
+
+
+def cmd_scheduler(
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    local_workers: str | None = None,
+    handlers: str | None = None,
+    config: str | None = None,
+    log_format: str | None = None,
+    log_level: str | None = None,
+) -> int:
+    """``taskmill scheduler``: the daemon, until SIGINT/SIGTERM."""
+    from protocol.config import load
+    from scheduler.main import serve
+    from scheduler.settings import SchedulerSettings
+
+    overrides = {
+        "host": host,
+        "port": port,
+        "local_workers": local_workers,
+        "handlers": handlers,
+        "log_format": log_format,
+        "log_level": log_level,
+    }
+    try:
+        settings = load(SchedulerSettings, overrides=overrides, toml_path=config)
+    except (ConfigError, ValueError) as exc:
+        raise CommandError(f"bad scheduler settings: {exc}") from None
+    return serve(settings)
+
+
+def cmd_workload_gen(nb_tasks: int, sleep_ms: str, *, output: str | None = None) -> int:
+    """``taskmill workload-gen``: NB_TASKS lines of ``sleep SECONDS``."""
+    try:
+        lines = generate_workload(nb_tasks, sleep_ms)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    text = "".join(line + "\n" for line in lines)
+    if output is None or output == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return EXIT_OK
+    try:
+        with open(output, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    except OSError as exc:
+        raise CommandError(f"cannot write {output}: {os_reason(exc)}") from None
+    return EXIT_OK
+
+
+# --- job lifecycle (issue 3) -----------------------------------------------------------
+
+
+def cmd_submit(
+    host: str,
+    port: int,
+    *,
+    workload: str,
+    fmt: str = "auto",
+    as_json: bool = False,
+    user: str | None = None,
+    priority: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> int:
+    """``taskmill submit``: submit a workload, print the job id, do not wait."""
+    tasks = load_tasks(workload, fmt)
+
+    async def go() -> tuple[str, int]:
+        async with Client(host, port) as client:
+            submission = await client.submit(
+                tasks, user=user, priority=priority, batch_size=batch_size
+            )
+            return submission.job, len(submission.ids)
+
+    job, count = run_async(go())
+    print(json.dumps({"job": job, "tasks": count}) if as_json else job)
+    return EXIT_OK
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """One line for a ``status`` reply (job counts, or one task's record)."""
+    if status.get("kind") == "job":
+        counts: dict[str, int] = status.get("counts") or {}
+        order = [s.value for s in ALL_STATES] + sorted(set(counts) - {s.value for s in ALL_STATES})
+        parts = [f"{counts[s]} {s}" for s in order if counts.get(s)]
+        flags = ["sealed" if status.get("sealed") else "open"]
+        if status.get("done"):
+            flags.append("done")
+        total = status.get("total", sum(counts.values()))
+        body = ", ".join(parts) if parts else "no tasks"
+        return f"job {status.get('job')} ({', '.join(flags)}): {total} tasks: {body}"
+    task: dict[str, Any] = status.get("task") or {}
+    raw_result = task.get("result")
+    result: dict[str, Any] = raw_result if isinstance(raw_result, dict) else task
+    details = [f"job {task['job']}"] if task.get("job") else []
+    if task.get("attempt") is not None:
+        attempts = task.get("max_attempts")
+        details.append(f"attempt {task['attempt']}" + (f"/{attempts}" if attempts else ""))
+    if task.get("worker"):
+        details.append(f"worker {task['worker']}")
+    if result.get("exit_code") is not None:
+        details.append(f"exit {result['exit_code']}")
+    started, finished = task.get("started"), task.get("finished")
+    if isinstance(started, int | float) and isinstance(finished, int | float):
+        details.append(f"{finished - started:.3f}s")
+    line = f"task {task.get('id')}: {task.get('state')}"
+    if details:
+        line += f" ({', '.join(details)})"
+    if result.get("error"):
+        line += f": {result['error']}"
+    return line
+
+
+def cmd_status(host: str, port: int, *, id: str, as_json: bool = False) -> int:
+    """``taskmill status ID``: a job's state counts or one task's state."""
+
+    async def go() -> dict[str, Any]:
+        async with Client(host, port) as client:
+            return await client.status(id)
+
+    status = run_async(go())
+    print(json.dumps(status, default=repr) if as_json else format_status(status))
+    return EXIT_OK
+
+
+def cmd_results(
+    host: str,
+    port: int,
+    *,
+    job: str,
+    output: str | None = None,
+    follow: bool = False,
+    as_json: bool = False,
+) -> int:
+    """``taskmill results JOB``: results so far (or, with ``--follow``, all of them).
+
+    Without ``--output`` the results go to stdout as JSON Lines; with it they go to
+    the file and the summary is printed. Exit status 1 when some task did not succeed.
+    """
+
+    async def go(writer: ResultWriter) -> Summary:
+        async with Client(host, port) as client:
+            summary = Summary(job=job)
+            progress = Progress(enabled=False if output is None else None)
+            start = time.perf_counter()
+            try:
+                batches = client.result_batches(job, follow=follow)
+                async with contextlib.aclosing(batches):
+                    async for batch in batches:
+                        summary.add(batch.results)
+                        writer.write(batch.results)
+                        progress.update(summary.tasks, summary.failed, total=batch.total)
+            finally:
+                summary.elapsed_s = time.perf_counter() - start
+                progress.close()
+            return summary
+
+    with open_output(output or "-") as writer:
+        assert writer is not None
+        summary = run_async(go(writer))
+    if output is None and not as_json:
+        return EXIT_TASKS_FAILED if summary.failed else EXIT_OK
+    return report(summary, as_json=as_json)
+
+
+def cmd_cancel(host: str, port: int, *, id: str, as_json: bool = False) -> int:
+    """``taskmill cancel ID``: cancel a job's unfinished tasks, or one task."""
+
+    async def go() -> int:
+        async with Client(host, port) as client:
+            return await client.cancel(id)
+
+    cancelled = run_async(go())
+    if as_json:
+        print(json.dumps({"id": id, "cancelled": cancelled}))
+    else:
+        print(f"cancelled {cancelled} task{'s' if cancelled != 1 else ''} of {id}")
+    return EXIT_OK

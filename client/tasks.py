@@ -1,0 +1,120 @@
+"""The client's task and result shapes: what ``submit`` accepts and what it returns.
+
+Kept apart from the connection code so :mod:`client.client` stays about I/O.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from client.errors import ClientError
+from protocol.model import DEFAULT_USER, Result, Task, TaskKind, TaskState
+
+TaskLike = Mapping[str, Any] | Task | str
+"""A task as accepted by :meth:`Client.submit`: a task map (``{"cmd": ...}`` or
+``{"fn": ..., "args": [...], "kwargs": {...}}``), a :class:`protocol.model.Task`,
+or a plain string, taken as a shell command."""
+
+
+@dataclass(slots=True, frozen=True)
+class Submission:
+    """What :meth:`Client.submit` returns: the job id and the task ids, in order."""
+
+    job: str
+    ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(slots=True)
+class ResultBatch:
+    """One frame of a result stream: its results, the job's task count if known, and
+    whether this frame ends the stream."""
+
+    results: list[Result]
+    total: int | None = None
+    done: bool = False
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def task_map(task: TaskLike) -> dict[str, Any]:
+    """The wire map for one task (cheap: a plain dict passes through unchanged)."""
+    if type(task) is dict:
+        if "job" in task or task.get("id") == "":
+            # A Task.to_wire()-style map: the job is the batch's, an empty id means none.
+            return {k: v for k, v in task.items() if k != "job" and not (k == "id" and v == "")}
+        return task
+    if isinstance(task, str):
+        return {"cmd": task}
+    if isinstance(task, Task):
+        wire: dict[str, Any]
+        if task.kind is TaskKind.SHELL:
+            wire = {"cmd": task.cmd}
+        else:
+            wire = {"fn": task.fn, "args": task.args, "kwargs": task.kwargs}
+        if task.id:
+            wire["id"] = task.id
+        if task.user != DEFAULT_USER:
+            wire["user"] = task.user
+        if task.priority:
+            wire["priority"] = task.priority
+        if task.timeout_s is not None:
+            wire["timeout_s"] = task.timeout_s
+        if task.max_attempts != 1:
+            wire["max_attempts"] = task.max_attempts
+        return wire
+    if isinstance(task, Mapping):
+        return task_map(dict(task))
+    raise TypeError(f"a task must be a map, a Task or a command string, got {type(task).__name__}")
+
+
+def split_batches(tasks: Iterable[TaskLike], size: int) -> Iterator[list[dict[str, Any]]]:
+    it = iter(tasks)
+    while True:
+        batch = [task_map(t) for t in itertools.islice(it, size)]
+        if not batch:
+            return
+        yield batch
+
+
+def task_info(id: str, status: dict[str, Any]) -> dict[str, Any]:
+    """Turn a ``status`` reply for a task into ``{id, state, progress, result, error, task}``.
+
+    ``progress`` is 0 while queued or running, 100 once succeeded, and ``None`` when
+    the task failed, timed out or was cancelled (pyLoadBalancer's convention).
+    ``result`` is the handler's return value (for a shell task: its exit code).
+    """
+    if status.get("kind") != "task":
+        raise ClientError(f"{id} is a {status.get('kind')}, not a task")
+    task = status.get("task") or {}
+    raw_result = task.get("result")
+    outcome: dict[str, Any] = raw_result if isinstance(raw_result, dict) else task
+    state = task.get("state")
+    progress: int | None
+    if state == TaskState.SUCCEEDED:
+        progress = 100
+    elif state in (TaskState.QUEUED, TaskState.RUNNING):
+        progress = 0
+    else:
+        progress = None
+    result: Any = None
+    if state == TaskState.SUCCEEDED:
+        result = outcome.get("value")
+        if result is None and task.get("kind") == "shell":
+            result = outcome.get("exit_code")
+    return {
+        "id": id,
+        "state": state,
+        "progress": progress,
+        "result": result,
+        "error": outcome.get("error"),
+        "task": task,
+    }
