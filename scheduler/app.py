@@ -40,7 +40,7 @@ class Scheduler:
         self._watchers: dict[str, set[ResultStream]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._worker_seq = 0
-        self._restarts = 0
+        self.worker_restarts = 0
         self.port: int = settings.port
 
     # --- lifecycle -----------------------------------------------------------------
@@ -123,9 +123,9 @@ class Scheduler:
         self.dispatcher.remove_worker(worker)
         if self.closing or worker.stopping:
             return
-        self._restarts += 1
+        self.worker_restarts += 1
         log.error("local worker died; restarting", worker=worker.id, returncode=worker.returncode)
-        delay = min(RESTART_DELAY_MAX_S, 0.05 * 2 ** min(self._restarts, 10))
+        delay = min(RESTART_DELAY_MAX_S, 0.05 * 2 ** min(self.worker_restarts, 10))
         while not self.closing:
             await asyncio.sleep(delay)  # restart back-off, not synchronisation
             try:
