@@ -36,7 +36,13 @@ def _convert(value: Any, hint: Any, name: str, source: str) -> Any:
         if is_null and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _convert(value, inner[0], name, source)
+        errors: list[str] = []
+        for member in inner:  # the first member that accepts the value wins
+            try:
+                return _convert(value, member, name, source)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[-1])
     try:
         if hint is bool:
             if isinstance(value, bool):

@@ -15,12 +15,17 @@ from typing import Any
 
 import structlog
 
+from protocol.model import TaskState
 from scheduler.dispatch import Dispatcher
 from scheduler.errors import SchedulerError
+from scheduler.journal import Journal, JournalError, MemoryJournal
 from scheduler.local import LocalWorker
+from scheduler.records import Job
+from scheduler.recovery import restore
+from scheduler.retry import RetryPolicy
 from scheduler.server import ResultStream, Session
-from scheduler.settings import SchedulerSettings
-from scheduler.state import Job, TaskTable
+from scheduler.settings import SchedulerSettings, WorkerGroup
+from scheduler.state import TaskTable
 
 log = structlog.get_logger("taskmill.scheduler")
 
@@ -31,8 +36,21 @@ RESTART_DELAY_MAX_S = 30.0
 class Scheduler:
     def __init__(self, settings: SchedulerSettings) -> None:
         self.settings = settings
-        self.table = TaskTable()
-        self.dispatcher = Dispatcher(self.table, on_job_progress=self.job_progress)
+        path = settings.journal_path
+        self.journal: Journal | MemoryJournal = Journal(path) if path else MemoryJournal()
+        self.table = TaskTable(
+            max_queued_per_user=settings.max_queued_per_user, recorder=self.journal
+        )
+        self.dispatcher = Dispatcher(
+            self.table,
+            on_job_progress=self.job_progress,
+            retry=RetryPolicy(
+                retry_on=frozenset(settings.retry_on),
+                base_s=settings.retry_backoff_s,
+                max_s=settings.retry_backoff_max_s,
+            ),
+            kill_grace_s=settings.kill_grace_s,
+        )
         self.closing = False
         self.started_at = time.time()
         self._server: asyncio.Server | None = None
@@ -46,10 +64,22 @@ class Scheduler:
     # --- lifecycle -----------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start local workers, then listen. Raises :class:`SchedulerError` on failure."""
+        """Replay the journal, start local workers, then listen.
+
+        Raises :class:`SchedulerError` when any of it fails.
+        """
+        try:
+            replay = self.journal.open()
+        except JournalError as exc:
+            raise SchedulerError(str(exc)) from exc
+        recovered = restore(self.table, replay)
+        self.journal.start()
+        if recovered["tasks"]:
+            log.info("recovered state from the journal", path=str(self.journal.path), **recovered)
+        groups = self.settings.worker_groups
         try:
             workers = await asyncio.gather(
-                *(self._start_worker() for _ in range(self.settings.local_workers))
+                *(self._start_worker(group) for group in groups for _ in range(group.count))
             )
         except SchedulerError:
             await self.close()
@@ -86,6 +116,12 @@ class Scheduler:
             self._server.close()
         workers = list(self.dispatcher.workers.values())
         await asyncio.gather(*(w.stop() for w in workers), return_exceptions=True)
+        self.dispatcher.close()
+        # Let the last results become durable and reach the clients still connected.
+        committed = asyncio.Event()
+        self.journal.after_commit(lambda _: committed.set())
+        await committed.wait()
+        await asyncio.sleep(0)  # one tick: the sessions' coalesced flushes run
         await asyncio.gather(*(s.close() for s in list(self._sessions)), return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
@@ -93,6 +129,7 @@ class Scheduler:
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
+        await self.journal.close()
         log.info("scheduler stopped", finished=self.table.finished_total)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
@@ -103,13 +140,14 @@ class Scheduler:
 
     # --- local workers -------------------------------------------------------------
 
-    async def _start_worker(self) -> LocalWorker:
+    async def _start_worker(self, group: WorkerGroup) -> LocalWorker:
         self._worker_seq += 1
-        worker = LocalWorker(f"local-{self._worker_seq}")
+        worker = LocalWorker(f"local-{self._worker_seq}", group=group)
         await worker.start(
             self.settings.handlers,
             log_level=self.settings.log_level,
             log_format="console" if self.settings.log_format == "console" else "json",
+            kill_grace_s=self.settings.kill_grace_s,
         )
         return worker
 
@@ -129,7 +167,7 @@ class Scheduler:
         while not self.closing:
             await asyncio.sleep(delay)  # restart back-off, not synchronisation
             try:
-                replacement = await self._start_worker()
+                replacement = await self._start_worker(worker.group)
             except SchedulerError as exc:
                 log.error("cannot restart local worker", error=str(exc))
                 delay = min(RESTART_DELAY_MAX_S, delay * 2)
@@ -172,11 +210,21 @@ class Scheduler:
                 del self._watchers[stream.job.id]
 
     def job_progress(self, jobs: Iterable[Job]) -> None:
-        """Jobs gained results (or were sealed): wake the sessions streaming them."""
-        watchers = self._watchers
-        for job in jobs:
-            for stream in watchers.get(job.id, ()):
-                stream.session.schedule_flush()
+        """Jobs gained results (or were sealed): once the journal holds those results,
+        make them visible and wake the sessions streaming them."""
+        targets = [(job, len(job.results)) for job in jobs]
+
+        def now_durable(error: BaseException | None) -> None:
+            if error is not None:
+                return  # not durable: not shown; the journal failure is logged and reported
+            watchers = self._watchers
+            for job, count in targets:
+                if count > job.durable:
+                    job.durable = count
+                for stream in watchers.get(job.id, ()):
+                    stream.session.schedule_flush()
+
+        self.journal.after_commit(now_durable)
 
     # --- operations ----------------------------------------------------------------
 
@@ -188,6 +236,16 @@ class Scheduler:
         if some_id in self.table.jobs:
             self.job_progress((self.table.jobs[some_id],))
         return len(cancelled), cancelling
+
+    def cancel_unstored(self, job: Job, ids: list[str], error: BaseException) -> None:
+        """A batch the journal failed to store is not accepted: cancel what is left of it."""
+        recs = [self.table.tasks[i] for i in ids if i in self.table.tasks]
+        reason = f"not accepted: the journal could not store it ({error})"
+        for rec in recs:
+            if rec.state is TaskState.QUEUED:
+                self.table.finish_without_running(rec, TaskState.CANCELLED, reason)
+        self.dispatcher.cancel_running([r for r in recs if r.state is TaskState.RUNNING])
+        self.job_progress((job,))
 
     def stats(self) -> dict[str, Any]:
         table = self.table
@@ -208,11 +266,21 @@ class Scheduler:
             ],
             "handlers": sorted(table.known_handlers or ()),
             "avg_runtime_s": self.dispatcher.avg_runtime_s,
+            "retries": table.retries_total,
+            "waiting_retry": table.waiting_retry,
+            "journal": {
+                "path": str(self.journal.path) if self.journal.path else None,
+                "commits": self.journal.commits,
+                "commit_seconds": self.journal.commit_seconds,
+            },
         }
 
     async def _expire_loop(self) -> None:
         while True:
             await asyncio.sleep(EXPIRY_INTERVAL_S)  # periodic housekeeping
-            dropped = self.table.expire(ttl_s=self.settings.result_ttl_s)
+            dropped = self.table.expire(
+                ttl_s=self.settings.result_ttl_s, max_age_s=self.settings.result_max_age_s
+            )
             if dropped:
-                log.info("expired collected jobs", jobs=dropped)
+                log.info("expired finished jobs", jobs=dropped)
+                self.journal.flush_soon()

@@ -15,9 +15,11 @@ from typing import Any
 
 import structlog
 
-from protocol.model import TaskState
+from protocol.model import TaskKind, TaskState
 from scheduler.local import LocalWorker
-from scheduler.state import Job, TaskRecord, TaskTable
+from scheduler.records import Job, TaskRecord
+from scheduler.retry import RetryPolicy
+from scheduler.state import TaskTable
 
 log = structlog.get_logger("taskmill.dispatch")
 
@@ -46,14 +48,26 @@ class Dispatcher:
     """Owns the task table's hand-out to local workers and the result path."""
 
     def __init__(
-        self, table: TaskTable, *, on_job_progress: Callable[[Iterable[Job]], None]
+        self,
+        table: TaskTable,
+        *,
+        on_job_progress: Callable[[Iterable[Job]], None],
+        retry: RetryPolicy | None = None,
+        kill_grace_s: float = 2.0,
     ) -> None:
         self.table = table
         self.workers: dict[str, LocalWorker] = {}
         self.avg_runtime_s: float | None = None
+        self.retry = retry or RetryPolicy()
         self._on_job_progress = on_job_progress
         self._pump_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._retry_timer: asyncio.TimerHandle | None = None
+        self._retry_timer_at: float | None = None
+        # Running tasks a client cancelled: their next result or loss ends them as cancelled.
+        self.cancelling: set[str] = set()
+        self.kill_grace_s = kill_grace_s
+        self._timers: set[asyncio.TimerHandle] = set()
 
     # --- workers -------------------------------------------------------------------
 
@@ -73,7 +87,13 @@ class Dispatcher:
             first, rest = held[0], held[1:]
             self.table.put_back(rest)
             touched = set()
-            if first.attempt < first.task.max_attempts:
+            if first.task.id in self.cancelling:
+                self.cancelling.discard(first.task.id)
+                if self.table.finish_without_running(
+                    first, TaskState.CANCELLED, "cancelled while running"
+                ):
+                    touched.add(first.job)
+            elif first.attempt < first.task.max_attempts:
                 self.table.put_back([first], started=True)
             else:
                 reason = (
@@ -133,6 +153,8 @@ class Dispatcher:
         touched: set[Job] = set()
         runtime_sum = 0.0
         timed = 0
+        retry = self.retry
+        cancelling = self.cancelling
         for result in results:
             rec = held.pop(result.get("id"), None)  # type: ignore[arg-type]
             if rec is None:
@@ -147,6 +169,12 @@ class Dispatcher:
             if started is not None and finished is not None:
                 runtime_sum += finished - started
                 timed += 1
+            if cancelling and rec.task.id in cancelling:
+                cancelling.discard(rec.task.id)
+            elif retry.should_retry(result["state"], rec.attempt, rec.task.max_attempts):
+                table.retry_later(rec, result, time.time() + retry.delay(rec.attempt))
+                self._arm_retry_timer()
+                continue
             if table.finish(rec, result):
                 touched.add(rec.job)
         if timed:
@@ -160,16 +188,75 @@ class Dispatcher:
     # --- cancellation --------------------------------------------------------------
 
     def cancel_running(self, recs: list[TaskRecord]) -> int:
-        """Ask the workers holding ``recs`` to cancel them; results arrive as usual."""
+        """Stop ``recs`` on the workers holding them; their results arrive as usual.
+
+        A worker kills a running shell task's process group itself, and drops
+        cancelled tasks it has not started. A Python call cannot be interrupted
+        safely inside its process: if it is still running after the kill grace
+        period, its worker is terminated (its other tasks go back to the queue).
+        """
         by_worker: dict[str, list[str]] = {}
         for rec in recs:
             if rec.worker is not None:
                 by_worker.setdefault(rec.worker, []).append(rec.task.id)
+                self.cancelling.add(rec.task.id)
         for wid, ids in by_worker.items():
             worker = self.workers.get(wid)
-            if worker is not None:
-                worker.send_cancel(ids)
+            if worker is None:
+                continue
+            worker.send_cancel(ids)
+            running = next(iter(worker.held.values()), None)
+            if (
+                running is not None
+                and running.task.kind is TaskKind.CALL
+                and running.task.id in ids
+            ):
+                self._kill_if_still_running(worker, running)
         return sum(len(ids) for ids in by_worker.values())
+
+    def _kill_if_still_running(self, worker: LocalWorker, rec: TaskRecord) -> None:
+        loop = self._loop or asyncio.get_running_loop()
+
+        def check() -> None:
+            self._timers.discard(handle)
+            if rec.task.id in self.cancelling and rec.task.id in worker.held and worker.alive:
+                log.info(
+                    "terminating worker to cancel a running call", worker=worker.id, id=rec.task.id
+                )
+                worker.terminate()
+
+        handle = loop.call_later(self.kill_grace_s, check)
+        self._timers.add(handle)
+
+    # --- retries -------------------------------------------------------------------
+
+    def _arm_retry_timer(self) -> None:
+        due = self.table.next_retry_at()
+        if due is None or (self._retry_timer_at is not None and self._retry_timer_at <= due):
+            return
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        self._retry_timer_at = due
+        self._retry_timer = self._loop.call_later(
+            max(0.0, due - time.time()), self._release_retries
+        )
+
+    def _release_retries(self) -> None:
+        self._retry_timer = None
+        self._retry_timer_at = None
+        if self.table.release_due(time.time()):
+            self.wake()
+        self._arm_retry_timer()
+
+    def close(self) -> None:
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+            self._retry_timer = None
+        for handle in self._timers:
+            handle.cancel()
+        self._timers.clear()
 
     def worker_info(self) -> list[dict[str, Any]]:
         now = time.time()

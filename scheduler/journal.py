@@ -20,7 +20,7 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,8 @@ from typing import Any
 import structlog
 
 from protocol.codec import pack, unpack
+from scheduler.records import TaskRecord
+from scheduler.state import NoRecorder
 
 log = structlog.get_logger("taskmill.journal")
 
@@ -68,9 +70,9 @@ class JournalError(Exception):
 class _Batch:
     jobs: list[tuple[str, float, int]] = field(default_factory=list)
     sealed: list[str] = field(default_factory=list)
-    tasks: list[tuple[str, str, float, bytes]] = field(default_factory=list)
-    starts: list[bytes] = field(default_factory=list)
-    results: list[tuple[str, str, bytes]] = field(default_factory=list)
+    tasks: list[TaskRecord] = field(default_factory=list)
+    starts: list[list[str]] = field(default_factory=list)
+    results: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     collected: list[tuple[float, str]] = field(default_factory=list)
     dropped_jobs: list[str] = field(default_factory=list)
     callbacks: list[Callable[[BaseException | None], None]] = field(default_factory=list)
@@ -122,6 +124,7 @@ class Journal:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(SCHEMA)
             replay = self._read(conn)
+            self._compact_starts(conn, replay)
         except (sqlite3.Error, OSError) as exc:
             raise JournalError(f"cannot open the journal at {self.path}: {exc}") from exc
         self._conn = conn
@@ -148,6 +151,19 @@ class Journal:
             for row in conn.execute("SELECT id, body FROM results ORDER BY seq")
         ]
         return Replay(jobs=jobs, tasks=tasks, attempts=attempts, results=results)
+
+    @staticmethod
+    def _compact_starts(conn: sqlite3.Connection, replay: Replay) -> None:
+        """Fold the attempt rows into one, forgetting tasks of dropped jobs."""
+        live = {task_id for task_id, *_ in replay.tasks}
+        ids = [
+            task_id for task_id, n in replay.attempts.items() if task_id in live for _ in range(n)
+        ]
+        conn.execute("BEGIN")
+        conn.execute("DELETE FROM starts")
+        if ids:
+            conn.execute("INSERT INTO starts(ids) VALUES (?)", (pack(ids),))
+        conn.execute("COMMIT")
 
     def start(self) -> None:
         """Start the writer thread; callbacks run on the calling event loop."""
@@ -178,15 +194,17 @@ class Journal:
     def job_sealed(self, job_id: str) -> None:
         self._batch.sealed.append(job_id)
 
-    def tasks_accepted(self, rows: Iterator[tuple[str, str, float, dict[str, Any]]]) -> None:
-        self._batch.tasks.extend((tid, job, sub, pack(body)) for tid, job, sub, body in rows)
+    # Records are encoded by the writer thread, not here: the event loop only appends.
+    # Task specs and result dicts are not mutated once recorded, so sharing is safe.
+
+    def tasks_accepted(self, recs: list[TaskRecord]) -> None:
+        self._batch.tasks.extend(recs)
 
     def tasks_started(self, ids: list[str]) -> None:
-        if ids:
-            self._batch.starts.append(pack(ids))
+        self._batch.starts.append(ids)
 
     def result(self, task_id: str, job_id: str, body: dict[str, Any]) -> None:
-        self._batch.results.append((task_id, job_id, pack(body)))
+        self._batch.results.append((task_id, job_id, body))
 
     def job_collected(self, job_id: str, when: float) -> None:
         self._batch.collected.append((when, job_id))
@@ -197,6 +215,9 @@ class Journal:
     def after_commit(self, callback: Callable[[BaseException | None], None]) -> None:
         """Run ``callback(error)`` on the event loop once everything recorded so far is
         durable (``error`` is None) or failed to be written (the exception)."""
+        if self._thread is None:  # never started: nothing can be pending
+            callback(None)
+            return
         self._batch.callbacks.append(callback)
         self._changed()
 
@@ -231,17 +252,23 @@ class Journal:
             if batch.tasks:
                 conn.executemany(
                     "INSERT OR IGNORE INTO tasks(id, job, submitted, body) VALUES (?, ?, ?, ?)",
-                    batch.tasks,
+                    [
+                        (rec.task.id, rec.job.id, rec.submitted, pack(rec.task.to_wire()))
+                        for rec in batch.tasks
+                    ],
                 )
             if batch.sealed:
                 conn.executemany(
                     "UPDATE jobs SET sealed = 1 WHERE id = ?", [(j,) for j in batch.sealed]
                 )
             if batch.starts:
-                conn.executemany("INSERT INTO starts(ids) VALUES (?)", [(b,) for b in batch.starts])
+                # One row per commit, not per task: replay only counts attempts.
+                ids = [task_id for chunk in batch.starts for task_id in chunk]
+                conn.execute("INSERT INTO starts(ids) VALUES (?)", (pack(ids),))
             if batch.results:
                 conn.executemany(
-                    "INSERT INTO results(id, job, body) VALUES (?, ?, ?)", batch.results
+                    "INSERT INTO results(id, job, body) VALUES (?, ?, ?)",
+                    [(tid, job, pack(body)) for tid, job, body in batch.results],
                 )
             if batch.collected:
                 conn.executemany("UPDATE jobs SET collected = ? WHERE id = ?", batch.collected)
@@ -278,3 +305,30 @@ def _run_all(
             cb(error)
         except Exception:
             log.exception("journal callback failed")
+
+
+class MemoryJournal(NoRecorder):
+    """The journal's stub for ``--state-dir none``: keeps nothing, commits at once.
+
+    Same interface as :class:`Journal`, so the scheduler has one code path; every
+    ``after_commit`` callback runs immediately because there is nothing to wait for.
+    """
+
+    path = None
+    commits = 0
+    commit_seconds = 0.0
+
+    def open(self) -> Replay:
+        return Replay(jobs=[], tasks=[], attempts={}, results=[])
+
+    def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    def after_commit(self, callback: Callable[[BaseException | None], None]) -> None:
+        callback(None)
+
+    def flush_soon(self) -> None:
+        pass

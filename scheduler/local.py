@@ -21,7 +21,8 @@ from protocol.errors import FrameError
 from protocol.framing import FrameReader, encode_frame
 from protocol.messages import W_CANCEL, W_READY, W_RESULTS, W_RUN, W_STOP
 from scheduler.errors import WorkerStartError
-from scheduler.state import TaskRecord
+from scheduler.records import TaskRecord
+from scheduler.settings import WorkerGroup
 
 log = structlog.get_logger("taskmill.local")
 
@@ -35,12 +36,11 @@ class LocalWorker:
 
     kind = "local"
 
-    def __init__(
-        self, worker_id: str, *, min_p: int | None = None, max_p: int | None = None
-    ) -> None:
+    def __init__(self, worker_id: str, *, group: WorkerGroup | None = None) -> None:
         self.id = worker_id
-        self.min_p = min_p
-        self.max_p = max_p
+        self.group = group or WorkerGroup(1)
+        self.min_p = self.group.min_p
+        self.max_p = self.group.max_p
         self.slots = 1
         self.held: dict[str, TaskRecord] = {}
         self.handlers: frozenset[str] = frozenset()
@@ -65,7 +65,12 @@ class LocalWorker:
         }
 
     async def start(
-        self, handlers: Sequence[str], *, log_level: str = "info", log_format: str = "json"
+        self,
+        handlers: Sequence[str],
+        *,
+        log_level: str = "info",
+        log_format: str = "json",
+        kill_grace_s: float = 2.0,
     ) -> None:
         parent, child = socket.socketpair()
         env = dict(os.environ)
@@ -84,6 +89,7 @@ class LocalWorker:
         if handlers:
             argv += ["--handlers", ",".join(handlers)]
         argv += ["--log-level", log_level, "--log-format", log_format]
+        argv += ["--kill-grace", str(kill_grace_s)]
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 *argv, pass_fds=(child.fileno(),), stdin=asyncio.subprocess.DEVNULL, env=env
@@ -94,13 +100,16 @@ class LocalWorker:
         finally:
             child.close()
         self.pid = self._proc.pid
-        reader, self._writer = await asyncio.open_connection(sock=parent)
-        self._reader = FrameReader(reader)
         try:
+            reader, self._writer = await asyncio.open_connection(sock=parent)
+            self._reader = FrameReader(reader)
             hello = await asyncio.wait_for(self._reader.read(), READY_TIMEOUT_S)
         except (TimeoutError, FrameError, OSError) as exc:
             await self.kill()
             raise WorkerStartError(f"local worker {self.id} did not report ready: {exc!r}") from exc
+        except asyncio.CancelledError:
+            await self.kill()  # the scheduler is closing: leave no process behind
+            raise
         if not isinstance(hello, dict) or hello.get("op") != W_READY:
             reason = hello.get("error") if isinstance(hello, dict) else None
             await self.kill()
@@ -141,6 +150,13 @@ class LocalWorker:
             rec.worker = wid
             wires.append(rec.task.execution_wire(rec.attempt))
         self._writer.write(encode_frame({"op": W_RUN, "tasks": wires}))
+
+    def terminate(self) -> None:
+        """SIGTERM now, without waiting: the worker kills its task and exits; the
+        supervisor sees it go and starts a replacement."""
+        if self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.terminate()
 
     def send_cancel(self, ids: list[str]) -> None:
         if self._writer is not None and self.alive:

@@ -37,7 +37,7 @@ from scheduler.errors import QuotaExceeded, SchedulerError, ShuttingDown
 
 if TYPE_CHECKING:
     from scheduler.app import Scheduler
-    from scheduler.state import Job
+    from scheduler.records import Job
 
 log = structlog.get_logger("taskmill.server")
 
@@ -165,14 +165,31 @@ class Session:
                 f"a submit may carry at most {limit} tasks, this one has {len(req.tasks)}"
             )
         job, ids = app.table.submit(req.tasks, job_id=req.job, final=req.final)
-        self.send(reply("submit", req.rid, job=job.id, ids=ids))
         app.dispatcher.wake()
+        rid = req.rid
+
+        def acknowledge(error: BaseException | None) -> None:
+            # Only a durable batch is acknowledged: a client that got the ids can
+            # rely on the tasks surviving a crash of the scheduler.
+            if error is None:
+                self.send(reply("submit", rid, job=job.id, ids=ids))
+            else:
+                app.cancel_unstored(job, ids, error)
+                self.send(
+                    error_reply(
+                        rid,
+                        ErrorCode.INTERNAL,
+                        f"the journal could not store the batch ({error}); it was not accepted",
+                    )
+                )
+
+        app.journal.after_commit(acknowledge)
         if req.final:
             app.job_progress((job,))
 
     def on_results(self, req: Results) -> None:
         job = self.app.table.job(req.job)
-        stream = ResultStream(self, req.rid, job, min(req.since, len(job.results)), req.follow)
+        stream = ResultStream(self, req.rid, job, min(req.since, job.durable), req.follow)
         self.streams.append(stream)
         self.app.watch(stream)
         self.schedule_flush()
@@ -214,9 +231,10 @@ class Session:
         results = job.results
         transport = self.writer.transport
         while True:
-            end = min(len(results), stream.offset + RESULTS_PER_FRAME)
+            visible = job.durable  # never show a result the journal does not hold yet
+            end = min(visible, stream.offset + RESULTS_PER_FRAME)
             batch = results[stream.offset : end]
-            finished = end == len(results) and (job.done or not stream.follow)
+            finished = end == visible and (job.durably_done or not stream.follow)
             if not batch and not finished:
                 return
             self._send_results(
@@ -224,12 +242,12 @@ class Session:
             )
             stream.offset = end
             if finished:
-                if job.done:
-                    job.collected_at = time.time()
+                if job.durably_done:
+                    self.app.table.collected(job, time.time())
                 self.streams.remove(stream)
                 self.app.unwatch(stream)
                 return
-            if end == len(results):
+            if end == visible:
                 return
             if transport.get_write_buffer_size() > HIGH_WATER:
                 self._wait_for_drain()

@@ -34,6 +34,7 @@ async def start_scheduler() -> AsyncIterator[SchedulerFactory]:
                 "host": "127.0.0.1",
                 "port": 0,
                 "local_workers": 2,
+                "state_dir": "none",
                 "handlers": (TEST_HANDLERS,),
                 **overrides,
             }

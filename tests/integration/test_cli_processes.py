@@ -36,7 +36,7 @@ def wait_for_listen_line(proc: subprocess.Popen[str], deadline_s: float = 60) ->
 
 
 @pytest.fixture
-def scheduler_proc() -> Iterator[tuple[subprocess.Popen[str], int]]:
+def scheduler_proc(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
     proc = subprocess.Popen(
         [
             *TASKMILL,
@@ -54,7 +54,11 @@ def scheduler_proc() -> Iterator[tuple[subprocess.Popen[str], int]]:
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        env={
+            **os.environ,
+            "PYTHONPATH": str(REPO_ROOT),
+            "TASKMILL_STATE_DIR": str(tmp_path / "state"),
+        },
     )
     try:
         yield proc, wait_for_listen_line(proc)

@@ -90,16 +90,25 @@ def test_cancel_queued_and_report_running() -> None:
         table.cancel_queued("nope")
 
 
-def test_expire_only_collected_jobs() -> None:
+def test_expire_collected_jobs_after_ttl_and_any_after_max_age() -> None:
     table = TaskTable()
     job, _ = table.submit(tasks(1), job_id=None, final=True)
     [rec] = table.take(1)
     table.finish(rec, result_for(rec.task.id))
-    assert table.expire(ttl_s=10, now=1e12) == 0  # never collected
-    job.collected_at = 100.0
-    assert table.expire(ttl_s=10, now=105.0) == 0
-    assert table.expire(ttl_s=10, now=111.0) == 1
+    created = job.created
+    assert table.expire(ttl_s=10, max_age_s=1000, now=created + 500) == 0  # never collected
+    table.collected(job, created + 100)
+    assert table.expire(ttl_s=10, max_age_s=1000, now=created + 105) == 0
+    assert table.expire(ttl_s=10, max_age_s=1000, now=created + 111) == 1
     assert job.id not in table.jobs and rec.task.id not in table.tasks
+
+    old, _ = table.submit(tasks(1), job_id=None, final=True)
+    [rec] = table.take(1)
+    table.finish(rec, result_for(rec.task.id))
+    assert table.expire(ttl_s=10, max_age_s=1000, now=old.created + 1001) == 1  # uncollected
+
+    unfinished, _ = table.submit(tasks(1), job_id=None, final=True)
+    assert table.expire(ttl_s=0, max_age_s=0, now=unfinished.created + 1e6) == 0
 
 
 @pytest.mark.parametrize(
