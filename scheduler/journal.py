@@ -40,25 +40,23 @@ CREATE TABLE IF NOT EXISTS jobs (
     sealed INTEGER NOT NULL DEFAULT 0,
     collected REAL
 );
-CREATE TABLE IF NOT EXISTS tasks (
+CREATE TABLE IF NOT EXISTS task_batches (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
     job TEXT NOT NULL,
     submitted REAL NOT NULL,
     body BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS tasks_job ON tasks(job);
+CREATE INDEX IF NOT EXISTS task_batches_job ON task_batches(job);
 CREATE TABLE IF NOT EXISTS starts (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     ids BLOB NOT NULL
 );
-CREATE TABLE IF NOT EXISTS results (
+CREATE TABLE IF NOT EXISTS result_batches (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL,
     job TEXT NOT NULL,
     body BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS results_job ON results(job);
+CREATE INDEX IF NOT EXISTS result_batches_job ON result_batches(job);
 """
 
 
@@ -70,7 +68,7 @@ class JournalError(Exception):
 class _Batch:
     jobs: list[tuple[str, float, int]] = field(default_factory=list)
     sealed: list[str] = field(default_factory=list)
-    tasks: list[TaskRecord] = field(default_factory=list)
+    tasks: list[list[TaskRecord]] = field(default_factory=list)  # one list per submit
     starts: list[list[str]] = field(default_factory=list)
     results: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     collected: list[tuple[float, str]] = field(default_factory=list)
@@ -139,16 +137,20 @@ class Journal:
             )
         ]
         tasks = [
-            (row[0], row[1], row[2], unpack(row[3]))
-            for row in conn.execute("SELECT id, job, submitted, body FROM tasks ORDER BY seq")
+            (task["id"], job, submitted, task)
+            for job, submitted, body in conn.execute(
+                "SELECT job, submitted, body FROM task_batches ORDER BY seq"
+            )
+            for task in unpack(body)
         ]
         attempts: dict[str, int] = {}
         for (ids,) in conn.execute("SELECT ids FROM starts ORDER BY seq"):
             for task_id in unpack(ids):
                 attempts[task_id] = attempts.get(task_id, 0) + 1
         results = [
-            (row[0], unpack(row[1]))
-            for row in conn.execute("SELECT id, body FROM results ORDER BY seq")
+            (result["id"], result)
+            for (body,) in conn.execute("SELECT body FROM result_batches ORDER BY seq")
+            for result in unpack(body)
         ]
         return Replay(jobs=jobs, tasks=tasks, attempts=attempts, results=results)
 
@@ -198,7 +200,7 @@ class Journal:
     # Task specs and result dicts are not mutated once recorded, so sharing is safe.
 
     def tasks_accepted(self, recs: list[TaskRecord]) -> None:
-        self._batch.tasks.extend(recs)
+        self._batch.tasks.append(recs)
 
     def tasks_started(self, ids: list[str]) -> None:
         self._batch.starts.append(ids)
@@ -250,11 +252,12 @@ class Journal:
                     "INSERT OR IGNORE INTO jobs(id, created, sealed) VALUES (?, ?, ?)", batch.jobs
                 )
             if batch.tasks:
+                # One row per submitted batch (all of one job), not one per task.
                 conn.executemany(
-                    "INSERT OR IGNORE INTO tasks(id, job, submitted, body) VALUES (?, ?, ?, ?)",
+                    "INSERT INTO task_batches(job, submitted, body) VALUES (?, ?, ?)",
                     [
-                        (rec.task.id, rec.job.id, rec.submitted, pack(rec.task.to_wire()))
-                        for rec in batch.tasks
+                        (recs[0].job.id, recs[0].submitted, pack([r.task.to_wire() for r in recs]))
+                        for recs in batch.tasks
                     ],
                 )
             if batch.sealed:
@@ -266,9 +269,12 @@ class Journal:
                 ids = [task_id for chunk in batch.starts for task_id in chunk]
                 conn.execute("INSERT INTO starts(ids) VALUES (?)", (pack(ids),))
             if batch.results:
+                by_job: dict[str, list[dict[str, Any]]] = {}
+                for _, job_id, body in batch.results:
+                    by_job.setdefault(job_id, []).append(body)
                 conn.executemany(
-                    "INSERT INTO results(id, job, body) VALUES (?, ?, ?)",
-                    [(tid, job, pack(body)) for tid, job, body in batch.results],
+                    "INSERT INTO result_batches(job, body) VALUES (?, ?)",
+                    [(job_id, pack(bodies)) for job_id, bodies in by_job.items()],
                 )
             if batch.collected:
                 conn.executemany("UPDATE jobs SET collected = ? WHERE id = ?", batch.collected)
@@ -291,8 +297,8 @@ class Journal:
     @staticmethod
     def _drop(conn: sqlite3.Connection, job_ids: list[str]) -> None:
         rows = [(j,) for j in job_ids]
-        conn.executemany("DELETE FROM results WHERE job = ?", rows)
-        conn.executemany("DELETE FROM tasks WHERE job = ?", rows)
+        conn.executemany("DELETE FROM result_batches WHERE job = ?", rows)
+        conn.executemany("DELETE FROM task_batches WHERE job = ?", rows)
         conn.executemany("DELETE FROM jobs WHERE id = ?", rows)
         # starts rows hold ids of many jobs; they are compacted on the next open instead.
 

@@ -115,12 +115,12 @@ async def test_unwritable_journal_reports_the_error(tmp_path: Path) -> None:
     journal.start()
     # Make the next write fail inside SQLite (a full disk behaves the same way).
     assert journal._conn is not None
-    journal._conn.execute("DROP TABLE results")
+    journal._conn.execute("DROP TABLE result_batches")
     table.submit(tasks(1), job_id="j", final=True)
     [rec] = table.take(1)
     table.finish(rec, {"id": rec.task.id, "state": "succeeded"})
     error = await committed(journal)
-    assert error is not None and "results" in str(error)
+    assert error is not None and "result_batches" in str(error)
     await journal.close()
 
 
