@@ -8,7 +8,14 @@ workload files and the ``taskmill`` command line (:mod:`client.cli`).
 """
 
 from client.client import Client, ResultBatch, Submission
-from client.errors import ClientError, ConnectError, ConnectionLost, WorkloadError
+from client.errors import (
+    ClientError,
+    ConnectError,
+    ConnectionLost,
+    ReconnectFailed,
+    WorkloadError,
+)
+from client.reconnect import ReconnectPolicy
 from client.sync import SyncClient
 from client.workload import generate_workload, load_workload
 
@@ -17,6 +24,8 @@ __all__ = [
     "ClientError",
     "ConnectError",
     "ConnectionLost",
+    "ReconnectFailed",
+    "ReconnectPolicy",
     "ResultBatch",
     "Submission",
     "SyncClient",

@@ -1,10 +1,13 @@
 """The ``taskmill`` command line: argument parsing and dispatch to :mod:`client.commands`.
 
-    taskmill scheduler [--host H] [--port|-s PORT] [--local-workers|-lw N] [--handlers MOD]
+    taskmill scheduler [--host H] [--port|-s PORT] [-lw SPEC] [--handlers MOD] [--state-dir D]
     taskmill client -s HOST:PORT -w WORKLOAD [--output F] [--json]
-    taskmill run -w WORKLOAD [-lw N] [--handlers MOD] [--output F] [--json]
+    taskmill run -w WORKLOAD [-lw SPEC] [--handlers MOD] [--output F] [--json]
     taskmill workload-gen NB_TASKS SLEEP_MS [-o FILE]
     taskmill submit|status|results|cancel -s HOST:PORT ...
+
+``taskmill scheduler --help`` lists every setting; a flag left out is ``None`` here, so
+the environment (``TASKMILL_*``) or the ``--config`` file can supply it.
 
 This module is the composition root: scheduler code is imported only when the
 ``scheduler`` or ``run`` command runs.
@@ -13,22 +16,26 @@ This module is the composition root: scheduler code is imported only when the
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from client import commands
 from client.address import DEFAULT_PORT, AddressError, parse_address
-from client.client import DEFAULT_BATCH_SIZE
+from client.client import DEFAULT_BATCH_SIZE, DEFAULT_RECONNECT_TIMEOUT_S
 from client.errors import ClientError, ConnectionLost
 from client.workload import FORMATS
 from protocol.errors import ProtocolError, RemoteError
+from protocol.messages import MAX_ATTEMPTS_LIMIT
 
 DEFAULT_SERVER = f"127.0.0.1:{DEFAULT_PORT}"
 PROG = "taskmill"
 
 EPILOG = """exit status: 0 every task succeeded, 1 some task did not succeed,
-2 bad input (usage, workload, address, refused request, no scheduler), 3 connection lost."""
+2 bad input (usage, workload, address, refused request, no scheduler), 3 connection lost
+(and not made again within --reconnect-timeout)."""
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -64,6 +71,46 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number of seconds, got {text}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text}")
+    return value
+
+
+def _max_attempts(text: str) -> int:
+    value = _positive(text)
+    if value > MAX_ATTEMPTS_LIMIT:
+        raise argparse.ArgumentTypeError(f"at most {MAX_ATTEMPTS_LIMIT} attempts, got {value}")
+    return value
+
+
+RETRYABLE = ("failed", "timed_out")
+
+
+def _retry_on(text: str) -> tuple[str, ...]:
+    """``failed,timed_out``, either one, or ``none`` (never retry)."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    states = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in states if s not in RETRYABLE]
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"expected failed, timed_out, both (comma-separated) or none, got {', '.join(bad)}"
+        )
+    return tuple(dict.fromkeys(states))
+
+
 def _add_server(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-s",
@@ -72,6 +119,20 @@ def _add_server(p: argparse.ArgumentParser) -> None:
         default=os.environ.get("TASKMILL_SERVER", DEFAULT_SERVER),
         metavar="HOST:PORT",
         help=f"the scheduler's address (default: $TASKMILL_SERVER or {DEFAULT_SERVER})",
+    )
+    p.add_argument(
+        "--no-reconnect",
+        dest="reconnect",
+        action="store_false",
+        help="fail (exit 3) when the connection is lost instead of reconnecting",
+    )
+    p.add_argument(
+        "--reconnect-timeout",
+        type=_seconds,
+        default=DEFAULT_RECONNECT_TIMEOUT_S,
+        metavar="S",
+        help="how long to try to reconnect after a lost connection "
+        f"(default: {DEFAULT_RECONNECT_TIMEOUT_S:g})",
     )
 
 
@@ -92,6 +153,18 @@ def _add_workload(p: argparse.ArgumentParser) -> None:
     p.add_argument("--user", help="user the tasks are queued for (fair share)")
     p.add_argument("--priority", type=int, help="default priority of the tasks (higher first)")
     p.add_argument(
+        "--max-attempts",
+        type=_max_attempts,
+        metavar="N",
+        help="attempts of a task that sets no max_attempts (default: 1)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        metavar="S",
+        help="time limit of a task that sets no timeout_s (default: none)",
+    )
+    p.add_argument(
         "--batch-size",
         type=_positive,
         default=DEFAULT_BATCH_SIZE,
@@ -106,19 +179,68 @@ def _add_report(p: argparse.ArgumentParser, *, output_help: str) -> None:
     )
 
 
-def _add_scheduler_options(p: argparse.ArgumentParser) -> None:
+def _add_scheduler_options(p: argparse.ArgumentParser, *, daemon: bool) -> None:
     p.add_argument(
         "--local-workers",
         "-lw",
         dest="local_workers",
-        metavar="N",
-        help="number of local worker processes (default: one per CPU)",
+        metavar="SPEC",
+        help="local worker processes: N, or N:MINP-MAXP groups reserved for a priority band, "
+        "comma-separated (4,2:10-99); default: one per CPU",
     )
     p.add_argument(
         "--handlers",
         action="append",
         metavar="MODULE[,MODULE]",
         help="Python module(s) registering @handler functions for call tasks",
+    )
+    p.add_argument(
+        "--max-queued-per-user",
+        type=_positive,
+        metavar="N",
+        help="queued tasks one user may have; more are refused with a quota error "
+        "(default: 100000)",
+    )
+    p.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="directory of the journal that survives a restart; none keeps the state in memory"
+        + (" (default: a per-user data directory)" if daemon else " (default: none)"),
+    )
+    if daemon:
+        p.add_argument(
+            "--result-ttl",
+            type=_seconds,
+            metavar="SECONDS",
+            help="drop a job's results this long after a client collected them (default: 600)",
+        )
+        p.add_argument(
+            "--result-max-age",
+            type=_seconds,
+            metavar="SECONDS",
+            help="drop a job's results this long after it was created, collected or not",
+        )
+    p.add_argument(
+        "--retry-on",
+        type=_retry_on,
+        metavar="STATES",
+        help="outcomes retried while attempts remain: failed,timed_out (default), "
+        "failed, timed_out or none",
+    )
+    p.add_argument(
+        "--retry-backoff",
+        type=_seconds,
+        metavar="S",
+        help="delay before the first retry; it doubles per attempt, with jitter",
+    )
+    p.add_argument(
+        "--retry-backoff-max", type=_seconds, metavar="S", help="longest delay between retries"
+    )
+    p.add_argument(
+        "--kill-grace",
+        type=_seconds,
+        metavar="S",
+        help="from SIGTERM to SIGKILL when a running task is cancelled or times out",
     )
 
 
@@ -133,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("scheduler", help="run the scheduler daemon", epilog=EPILOG)
     p.add_argument("--host", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", "-s", type=_port, help=f"port to listen on (default: {DEFAULT_PORT})")
-    _add_scheduler_options(p)
+    _add_scheduler_options(p, daemon=True)
     p.add_argument("--config", metavar="FILE.toml", help="settings file (TOML)")
     p.add_argument("--log-format", choices=("auto", "json", "console"))
     p.add_argument("--log-level", type=str.lower, choices=("debug", "info", "warning", "error"))
@@ -151,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="run a workload on an embedded scheduler with local workers", epilog=EPILOG
     )
     _add_workload(p)
-    _add_scheduler_options(p)
+    _add_scheduler_options(p, daemon=False)
     _add_report(p, output_help="write every result as a JSON object per line")
     p.add_argument("--log-level", type=str.lower, choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=_run)
@@ -193,30 +315,58 @@ def _handlers(values: list[str] | None) -> str | None:
     return ",".join(values) if values else None
 
 
-def _scheduler(a: argparse.Namespace) -> int:
-    return commands.cmd_scheduler(
-        host=a.host,
-        port=a.port,
-        local_workers=a.local_workers,
-        handlers=_handlers(a.handlers),
-        config=a.config,
-        log_format=a.log_format,
-        log_level=a.log_level,
+def _settings(a: argparse.Namespace) -> dict[str, Any]:
+    """Scheduler setting overrides from the flags; ``None`` where a flag was not given."""
+    return {
+        "local_workers": a.local_workers,
+        "handlers": _handlers(a.handlers),
+        "max_queued_per_user": a.max_queued_per_user,
+        "state_dir": a.state_dir,
+        "result_ttl_s": getattr(a, "result_ttl", None),
+        "result_max_age_s": getattr(a, "result_max_age", None),
+        "retry_on": a.retry_on,
+        "retry_backoff_s": a.retry_backoff,
+        "retry_backoff_max_s": a.retry_backoff_max,
+        "kill_grace_s": a.kill_grace,
+    }
+
+
+def _server(a: argparse.Namespace) -> commands.Server:
+    host, port = a.server
+    return commands.Server(
+        host, port, reconnect=a.reconnect, reconnect_timeout_s=a.reconnect_timeout
     )
 
 
+def _defaults(a: argparse.Namespace) -> commands.TaskDefaults:
+    return commands.TaskDefaults(
+        user=a.user,
+        priority=a.priority,
+        max_attempts=a.max_attempts,
+        timeout_s=a.timeout,
+        batch_size=a.batch_size,
+    )
+
+
+def _scheduler(a: argparse.Namespace) -> int:
+    settings = {
+        **_settings(a),
+        "host": a.host,
+        "port": a.port,
+        "log_format": a.log_format,
+        "log_level": a.log_level,
+    }
+    return commands.cmd_scheduler(settings=settings, config=a.config)
+
+
 def _client(a: argparse.Namespace) -> int:
-    host, port = a.server
     return commands.cmd_client(
-        host,
-        port,
+        _server(a),
         workload=a.workload,
         fmt=a.format,
         output=a.output,
         as_json=a.json,
-        user=a.user,
-        priority=a.priority,
-        batch_size=a.batch_size,
+        defaults=_defaults(a),
     )
 
 
@@ -224,13 +374,10 @@ def _run(a: argparse.Namespace) -> int:
     return commands.cmd_run(
         workload=a.workload,
         fmt=a.format,
-        local_workers=a.local_workers,
-        handlers=_handlers(a.handlers),
+        settings=_settings(a),
         output=a.output,
         as_json=a.json,
-        user=a.user,
-        priority=a.priority,
-        batch_size=a.batch_size,
+        defaults=_defaults(a),
         log_level=a.log_level,
     )
 
@@ -240,34 +387,23 @@ def _workload_gen(a: argparse.Namespace) -> int:
 
 
 def _submit(a: argparse.Namespace) -> int:
-    host, port = a.server
     return commands.cmd_submit(
-        host,
-        port,
-        workload=a.workload,
-        fmt=a.format,
-        as_json=a.json,
-        user=a.user,
-        priority=a.priority,
-        batch_size=a.batch_size,
+        _server(a), workload=a.workload, fmt=a.format, as_json=a.json, defaults=_defaults(a)
     )
 
 
 def _status(a: argparse.Namespace) -> int:
-    host, port = a.server
-    return commands.cmd_status(host, port, id=a.id, as_json=a.json)
+    return commands.cmd_status(_server(a), id=a.id, as_json=a.json)
 
 
 def _results(a: argparse.Namespace) -> int:
-    host, port = a.server
     return commands.cmd_results(
-        host, port, job=a.job, output=a.output, follow=a.follow, as_json=a.json
+        _server(a), job=a.job, output=a.output, follow=a.follow, as_json=a.json
     )
 
 
 def _cancel(a: argparse.Namespace) -> int:
-    host, port = a.server
-    return commands.cmd_cancel(host, port, id=a.id, as_json=a.json)
+    return commands.cmd_cancel(_server(a), id=a.id, as_json=a.json)
 
 
 def _error(message: str) -> None:

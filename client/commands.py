@@ -2,7 +2,8 @@
 
 Exit status: 0 all tasks succeeded (or the command did what it was asked), 1 some
 task did not succeed, 2 bad input (usage, workload, address, settings, a request the
-scheduler refused, no scheduler to talk to), 3 the connection was lost mid-way.
+scheduler refused, no scheduler to talk to), 3 the connection was lost mid-way (and,
+unless reconnection is off, could not be made again within its timeout).
 ``client.cli`` maps :class:`ClientError` and friends to those codes and messages.
 
 The scheduler is imported only inside :func:`cmd_run` and :func:`cmd_scheduler`:
@@ -16,10 +17,11 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TextIO
 
-from client.client import DEFAULT_BATCH_SIZE, Client
+from client.client import DEFAULT_BATCH_SIZE, DEFAULT_RECONNECT_TIMEOUT_S, Client, Submission
 from client.errors import ClientError, os_reason
 from client.loop import run as run_async
 from client.progress import Progress
@@ -37,6 +39,60 @@ FAILURES_SHOWN = 3
 
 class CommandError(ClientError):
     """Bad input to a command (an output file that cannot be written, bad settings...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    """Where a client command connects, and whether it reconnects after a loss."""
+
+    host: str
+    port: int
+    reconnect: bool = True
+    reconnect_timeout_s: float = DEFAULT_RECONNECT_TIMEOUT_S
+
+    def client(self) -> Client:
+        return Client(
+            self.host,
+            self.port,
+            reconnect=self.reconnect,
+            reconnect_timeout_s=self.reconnect_timeout_s,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TaskDefaults:
+    """Submission-wide settings: batch defaults and per-task fallbacks."""
+
+    user: str | None = None
+    priority: int | None = None
+    max_attempts: int | None = None  # for tasks that set none
+    timeout_s: float | None = None  # for tasks that set none
+    batch_size: int = DEFAULT_BATCH_SIZE
+
+
+class _Stderr:
+    """``sys.stderr`` as it is at each write, for a logger configured once."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
+def configure_client_logging() -> None:
+    """Client commands log (reconnections) to stderr: ``$TASKMILL_LOG_LEVEL`` or warning."""
+    from protocol.logs import configure_logging
+
+    level = os.environ.get("TASKMILL_LOG_LEVEL") or "warning"
+    fmt = os.environ.get("TASKMILL_LOG_FORMAT") or "auto"
+    try:
+        configure_logging(level, fmt, stream=_Stderr())
+    except ValueError as exc:
+        raise CommandError(f"bad logging settings in the environment: {exc}") from None
 
 
 @contextlib.contextmanager
@@ -66,20 +122,31 @@ def load_tasks(path: str, fmt: str) -> list[dict[str, Any]]:
 # --- submit + wait ----------------------------------------------------------------------
 
 
+async def submit(
+    client: Client, tasks: Sequence[dict[str, Any]], defaults: TaskDefaults
+) -> Submission:
+    return await client.submit(
+        tasks,
+        user=defaults.user,
+        priority=defaults.priority,
+        batch_size=defaults.batch_size,
+        max_attempts=defaults.max_attempts,
+        timeout_s=defaults.timeout_s,
+    )
+
+
 async def submit_and_wait(
     client: Client,
     tasks: Sequence[dict[str, Any]],
+    defaults: TaskDefaults | None = None,
     *,
-    user: str | None = None,
-    priority: int | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
     writer: ResultWriter | None = None,
     progress: Progress | None = None,
 ) -> Summary:
     """Submit ``tasks`` as one job and collect every result into a :class:`Summary`."""
     progress = progress or Progress(len(tasks))
     start = time.perf_counter()
-    submission = await client.submit(tasks, user=user, priority=priority, batch_size=batch_size)
+    submission = await submit(client, tasks, defaults or TaskDefaults())
     summary = Summary(job=submission.job, expected=len(submission.ids))
     progress.update(0, total=len(submission.ids))
     try:
@@ -112,25 +179,21 @@ def report(summary: Summary, *, as_json: bool, out: TextIO | None = None) -> int
 
 
 def cmd_client(
-    host: str,
-    port: int,
+    server: Server,
     *,
     workload: str,
     fmt: str = "auto",
     output: str | None = None,
     as_json: bool = False,
-    user: str | None = None,
-    priority: int | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    defaults: TaskDefaults | None = None,
 ) -> int:
     """``taskmill client``: submit a workload to a running scheduler and wait."""
     tasks = load_tasks(workload, fmt)
+    configure_client_logging()
 
     async def go(writer: ResultWriter | None) -> Summary:
-        async with Client(host, port) as client:
-            return await submit_and_wait(
-                client, tasks, user=user, priority=priority, batch_size=batch_size, writer=writer
-            )
+        async with server.client() as client:
+            return await submit_and_wait(client, tasks, defaults, writer=writer)
 
     with open_output(output) as writer:
         summary = run_async(go(writer))
@@ -141,16 +204,18 @@ def cmd_run(
     *,
     workload: str,
     fmt: str = "auto",
-    local_workers: str | None = None,
-    handlers: str | None = None,
+    settings: Mapping[str, Any] | None = None,
     output: str | None = None,
     as_json: bool = False,
-    user: str | None = None,
-    priority: int | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    defaults: TaskDefaults | None = None,
     log_level: str | None = None,
 ) -> int:
-    """``taskmill run``: an in-process scheduler with local workers, then the client."""
+    """``taskmill run``: an in-process scheduler with local workers, then the client.
+
+    ``settings`` are scheduler setting overrides (``None`` values: not given). The
+    state is kept in memory unless ``state_dir`` is given: a one-shot run has nothing
+    to come back to.
+    """
     from protocol.config import load
     from protocol.logs import configure_logging
     from scheduler.app import Scheduler
@@ -160,30 +225,31 @@ def cmd_run(
     tasks = load_tasks(workload, fmt)
     if log_level is None and "TASKMILL_LOG_LEVEL" not in os.environ:
         log_level = "warning"  # an embedded scheduler stays quiet unless asked
-    overrides = {
-        "host": "127.0.0.1",
-        "port": 0,
-        "local_workers": local_workers,
-        "handlers": handlers,
-        "log_level": log_level,
-    }
+    overrides: dict[str, Any] = {**(settings or {}), "host": "127.0.0.1", "port": 0}
+    if overrides.get("state_dir") is None:
+        overrides["state_dir"] = "none"
+    overrides["log_level"] = log_level
     try:
-        settings = load(SchedulerSettings, overrides=overrides)
-        configure_logging(settings.log_level, settings.log_format)
+        scheduler_settings = load(SchedulerSettings, overrides=overrides)
+        configure_logging(scheduler_settings.log_level, scheduler_settings.log_format)
     except (ConfigError, ValueError) as exc:
         raise CommandError(f"bad scheduler settings: {exc}") from None
 
     async def go(writer: ResultWriter | None) -> Summary:
-        scheduler = Scheduler(settings)
+        scheduler = Scheduler(scheduler_settings)
         try:
             await scheduler.start()
         except SchedulerError as exc:
             raise CommandError(f"cannot start the embedded scheduler: {exc}") from None
         try:
-            async with Client("127.0.0.1", scheduler.port, max_frame=settings.max_frame_bytes) as c:
-                return await submit_and_wait(
-                    c, tasks, user=user, priority=priority, batch_size=batch_size, writer=writer
-                )
+            # Reconnecting cannot bring back a scheduler that lives in this process.
+            async with Client(
+                "127.0.0.1",
+                scheduler.port,
+                max_frame=scheduler_settings.max_frame_bytes,
+                reconnect=False,
+            ) as c:
+                return await submit_and_wait(c, tasks, defaults, writer=writer)
         finally:
             await scheduler.close()
 
@@ -192,34 +258,21 @@ def cmd_run(
     return report(summary, as_json=as_json)
 
 
-def cmd_scheduler(
-    *,
-    host: str | None = None,
-    port: int | None = None,
-    local_workers: str | None = None,
-    handlers: str | None = None,
-    config: str | None = None,
-    log_format: str | None = None,
-    log_level: str | None = None,
-) -> int:
-    """``taskmill scheduler``: the daemon, until SIGINT/SIGTERM."""
+def cmd_scheduler(*, settings: Mapping[str, Any] | None = None, config: str | None = None) -> int:
+    """``taskmill scheduler``: the daemon, until SIGINT/SIGTERM.
+
+    ``settings`` are the flags given (``None``: not given, so the environment or the
+    ``config`` file supplies the value).
+    """
     from protocol.config import load
     from scheduler.main import serve
     from scheduler.settings import SchedulerSettings
 
-    overrides = {
-        "host": host,
-        "port": port,
-        "local_workers": local_workers,
-        "handlers": handlers,
-        "log_format": log_format,
-        "log_level": log_level,
-    }
     try:
-        settings = load(SchedulerSettings, overrides=overrides, toml_path=config)
+        scheduler_settings = load(SchedulerSettings, overrides=settings, toml_path=config)
     except (ConfigError, ValueError) as exc:
         raise CommandError(f"bad scheduler settings: {exc}") from None
-    return serve(settings)
+    return serve(scheduler_settings)
 
 
 def cmd_workload_gen(nb_tasks: int, sleep_ms: str, *, output: str | None = None) -> int:
@@ -245,28 +298,24 @@ def cmd_workload_gen(nb_tasks: int, sleep_ms: str, *, output: str | None = None)
 
 
 def cmd_submit(
-    host: str,
-    port: int,
+    server: Server,
     *,
     workload: str,
     fmt: str = "auto",
     as_json: bool = False,
-    user: str | None = None,
-    priority: int | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    defaults: TaskDefaults | None = None,
 ) -> int:
     """``taskmill submit``: submit a workload, print the job id, do not wait."""
     tasks = load_tasks(workload, fmt)
+    configure_client_logging()
 
-    async def go() -> tuple[str, int]:
-        async with Client(host, port) as client:
-            submission = await client.submit(
-                tasks, user=user, priority=priority, batch_size=batch_size
-            )
-            return submission.job, len(submission.ids)
+    async def go() -> Submission:
+        async with server.client() as client:
+            return await submit(client, tasks, defaults or TaskDefaults())
 
-    job, count = run_async(go())
-    print(json.dumps({"job": job, "tasks": count}) if as_json else job)
+    submission = run_async(go())
+    job = submission.job
+    print(json.dumps({"job": job, "tasks": len(submission)}) if as_json else job)
     return EXIT_OK
 
 
@@ -304,11 +353,12 @@ def format_status(status: dict[str, Any]) -> str:
     return line
 
 
-def cmd_status(host: str, port: int, *, id: str, as_json: bool = False) -> int:
+def cmd_status(server: Server, *, id: str, as_json: bool = False) -> int:
     """``taskmill status ID``: a job's state counts or one task's state."""
+    configure_client_logging()
 
     async def go() -> dict[str, Any]:
-        async with Client(host, port) as client:
+        async with server.client() as client:
             return await client.status(id)
 
     status = run_async(go())
@@ -317,8 +367,7 @@ def cmd_status(host: str, port: int, *, id: str, as_json: bool = False) -> int:
 
 
 def cmd_results(
-    host: str,
-    port: int,
+    server: Server,
     *,
     job: str,
     output: str | None = None,
@@ -329,10 +378,12 @@ def cmd_results(
 
     Without ``--output`` the results go to stdout as JSON Lines; with it they go to
     the file and the summary is printed. Exit status 1 when some task did not succeed.
+    A lost connection is made again and the stream goes on where it stopped.
     """
+    configure_client_logging()
 
     async def go(writer: ResultWriter) -> Summary:
-        async with Client(host, port) as client:
+        async with server.client() as client:
             summary = Summary(job=job)
             progress = Progress(enabled=False if output is None else None)
             start = time.perf_counter()
@@ -356,11 +407,12 @@ def cmd_results(
     return report(summary, as_json=as_json)
 
 
-def cmd_cancel(host: str, port: int, *, id: str, as_json: bool = False) -> int:
+def cmd_cancel(server: Server, *, id: str, as_json: bool = False) -> int:
     """``taskmill cancel ID``: cancel a job's unfinished tasks, or one task."""
+    configure_client_logging()
 
     async def go() -> int:
-        async with Client(host, port) as client:
+        async with server.client() as client:
             return await client.cancel(id)
 
     cancelled = run_async(go())

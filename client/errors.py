@@ -30,6 +30,25 @@ class ConnectionLost(ClientError):
     """The connection ended (or became unusable) while requests were outstanding."""
 
 
+class ReconnectFailed(ConnectionLost):
+    """The connection was lost and no new one could be made within the reconnect timeout."""
+
+    def __init__(
+        self, host: str, port: int, *, cause: str, elapsed_s: float, attempts: int, last: str
+    ) -> None:
+        super().__init__(
+            f"lost the connection to {format_address(host, port)} ({cause}) and could not "
+            f"reconnect within {elapsed_s:.1f}s ({attempts} attempt"
+            f"{'s' if attempts != 1 else ''}; last: {last})"
+        )
+        self.host = host
+        self.port = port
+        self.cause = cause
+        self.elapsed_s = elapsed_s
+        self.attempts = attempts
+        self.last = last
+
+
 class WorkloadError(ClientError):
     """A workload file cannot be read or has a broken line; nothing was submitted."""
 

@@ -19,7 +19,9 @@ from typing import Any, Self, TypeVar
 
 from client.client import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_RECONNECT_TIMEOUT_S,
     Client,
+    ReconnectPolicy,
     ResultBatch,
     Submission,
     TaskLike,
@@ -42,7 +44,11 @@ async def _next_batch(
 
 
 class SyncClient:
-    """Blocking client; the same operations as :class:`Client`, without ``await``."""
+    """Blocking client; the same operations as :class:`Client`, without ``await``.
+
+    It reconnects after a lost connection exactly as :class:`Client` does (same
+    ``reconnect``, ``reconnect_timeout_s`` and ``reconnect_policy`` arguments).
+    """
 
     def __init__(
         self,
@@ -52,6 +58,9 @@ class SyncClient:
         max_frame: int = DEFAULT_MAX_FRAME,
         connect_timeout: float = 10.0,
         token: str | None = None,
+        reconnect: bool = True,
+        reconnect_timeout_s: float = DEFAULT_RECONNECT_TIMEOUT_S,
+        reconnect_policy: ReconnectPolicy | None = None,
     ) -> None:
         self._closed = False
         self._loop = new_event_loop()
@@ -62,7 +71,14 @@ class SyncClient:
         try:
             self._client = self._call(
                 Client.connect(
-                    host, port, max_frame=max_frame, connect_timeout=connect_timeout, token=token
+                    host,
+                    port,
+                    max_frame=max_frame,
+                    connect_timeout=connect_timeout,
+                    token=token,
+                    reconnect=reconnect,
+                    reconnect_timeout_s=reconnect_timeout_s,
+                    reconnect_policy=reconnect_policy,
                 )
             )
         except BaseException:
@@ -149,12 +165,21 @@ class SyncClient:
         priority: int | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         final: bool = True,
+        max_attempts: int | None = None,
+        timeout_s: float | None = None,
     ) -> Submission:
         # Materialise here: iterating a caller's generator must not happen on the loop thread.
         items = tasks if isinstance(tasks, list | tuple) else list(tasks)
         return self._call(
             self._client.submit(
-                items, job=job, user=user, priority=priority, batch_size=batch_size, final=final
+                items,
+                job=job,
+                user=user,
+                priority=priority,
+                batch_size=batch_size,
+                final=final,
+                max_attempts=max_attempts,
+                timeout_s=timeout_s,
             )
         )
 
@@ -188,10 +213,20 @@ class SyncClient:
         user: str | None = None,
         priority: int | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        max_attempts: int | None = None,
+        timeout_s: float | None = None,
     ) -> list[Result]:
         items = tasks if isinstance(tasks, list | tuple) else list(tasks)
         return self._call(
-            self._client.run(items, job=job, user=user, priority=priority, batch_size=batch_size)
+            self._client.run(
+                items,
+                job=job,
+                user=user,
+                priority=priority,
+                batch_size=batch_size,
+                max_attempts=max_attempts,
+                timeout_s=timeout_s,
+            )
         )
 
     def status(self, id: str) -> dict[str, Any]:

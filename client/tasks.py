@@ -76,13 +76,58 @@ def task_map(task: TaskLike) -> dict[str, Any]:
     raise TypeError(f"a task must be a map, a Task or a command string, got {type(task).__name__}")
 
 
-def split_batches(tasks: Iterable[TaskLike], size: int) -> Iterator[list[dict[str, Any]]]:
+def task_id(job: str, index: int) -> str:
+    """The id of the ``index``-th task of ``job`` when none was given (the scheduler's format)."""
+    return f"{job}.{index}"
+
+
+def split_batches(
+    tasks: Iterable[TaskLike],
+    size: int,
+    *,
+    job: str,
+    start: int = 0,
+    defaults: Mapping[str, Any] | None = None,
+) -> Iterator[list[dict[str, Any]]]:
+    """Wire maps in batches of ``size``, every one with an id.
+
+    A task without an id gets :func:`task_id` of its position in the job (``start`` is
+    how many tasks the job held before), so a batch can be sent again after a lost
+    reply and the scheduler recognises it. ``defaults`` fill fields a task leaves out
+    (or sets to null). A caller's map is copied, never changed, when it needs either.
+    """
     it = iter(tasks)
+    index = start
+    fill = [(k, v) for k, v in (defaults or {}).items() if v is not None]
     while True:
-        batch = [task_map(t) for t in itertools.islice(it, size)]
-        if not batch:
+        chunk = list(itertools.islice(it, size))
+        if not chunk:
             return
+        batch: list[dict[str, Any]] = []
+        append = batch.append
+        for task in chunk:
+            # The common case inline: a plain task map, with or without an id.
+            if type(task) is dict and "job" not in task:
+                append(task if task.get("id") else dict(task, id=f"{job}.{index}"))
+            else:
+                wire = task_map(task)  # a new map, ours to change
+                if not wire.get("id"):
+                    wire["id"] = f"{job}.{index}"
+                append(wire)
+            index += 1
+        if fill:
+            _fill(batch, chunk, fill)
         yield batch
+
+
+def _fill(batch: list[dict[str, Any]], given: list[Any], fill: list[tuple[str, Any]]) -> None:
+    """Set ``fill`` fields a task leaves unset, copying a map that is still the caller's."""
+    for i, wire in enumerate(batch):
+        missing = [(k, v) for k, v in fill if wire.get(k) is None]
+        if missing:
+            if wire is given[i]:
+                wire = batch[i] = dict(wire)
+            wire.update(missing)
 
 
 def task_info(id: str, status: dict[str, Any]) -> dict[str, Any]:

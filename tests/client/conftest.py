@@ -5,8 +5,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import structlog
 
 from tests.client.fake_server import FakeScheduler, ThreadedFakeScheduler
+
+
+@pytest.fixture(autouse=True)
+def default_structlog() -> Iterator[None]:
+    """Each test starts with structlog's defaults (the CLI configures it for the process)
+    and leaves the configuration as it found it."""
+    saved = structlog.get_config()
+    structlog.reset_defaults()
+    yield
+    structlog.configure(**saved)
 
 
 @pytest.fixture

@@ -14,6 +14,13 @@ Tasks "run" instantly, with a tiny built-in interpreter:
     call   echo(x) -> x (or the kwargs map)          add(*args) -> sum
            fail(msg) -> failed with error msg        hold -> like the shell hold
            any other name -> the submit is rejected with ``unknown_handler``
+
+For reconnection tests it can :meth:`~FakeScheduler.stop` and
+:meth:`~FakeScheduler.restart` on the same port with its state kept (a scheduler
+restarted on its journal), and inject faults: drop a connection after applying a
+submit but before replying (``drop_after_submits``), in the middle of a result stream
+(``drop_stream_after``), and serve a resumed stream from a little before the asked
+position (``resume_overlap``, a server that repeats results).
 """
 
 from __future__ import annotations
@@ -85,6 +92,10 @@ class Connection:
         self.writer.write(encode_frame(msg))
         await self.writer.drain()
 
+    def abort(self) -> None:
+        """Reset the connection at once: whatever is not yet sent is lost."""
+        self.writer.transport.abort()
+
 
 class FakeScheduler:
     def __init__(self, *, frame_size: int = 500, max_frame: int = DEFAULT_MAX_FRAME) -> None:
@@ -94,22 +105,43 @@ class FakeScheduler:
         self.tasks: dict[str, Record] = {}
         self.ops: list[str] = []  # every request op received, in order
         self.submit_sizes: list[int] = []
+        self.results_requests: list[Results] = []
+        self.hellos = 0
         self.connections: set[Connection] = set()
         self.port = 0
+        # Faults, for reconnection tests:
+        self.drop_after_submits: set[int] = set()  # 1-based submit numbers: applied, no reply
+        self.drop_stream_after: int | None = None  # abort once a stream sent this many results
+        self.resume_overlap = 0  # a stream asked from since > 0 starts this much earlier
+        self.submits_applied = 0
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self._counter = 0
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        """Listen on 127.0.0.1: a fresh port the first time, the same one after a stop."""
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
         await self.drop_connections()
-        if self._server is not None:
-            await self._server.wait_closed()
+        if server is not None:
+            await server.wait_closed()
+
+    async def stop(self) -> None:
+        """Stop listening and drop every client; jobs and tasks are kept for a restart."""
+        await self.close()
+
+    async def restart(self) -> None:
+        """Listen again on the same port, with the state the fake had when it stopped."""
+        await self.start()
+
+    @property
+    def listening(self) -> bool:
+        return self._server is not None
 
     async def __aenter__(self) -> FakeScheduler:
         await self.start()
@@ -182,6 +214,7 @@ class FakeScheduler:
             request = parse_request(msg)
             self.ops.append(type(request).__name__.lower())
             if isinstance(request, Hello):
+                self.hellos += 1
                 if request.version != PROTOCOL_VERSION:
                     raise ValidationError(
                         f"protocol version {request.version} is not supported",
@@ -191,7 +224,12 @@ class FakeScheduler:
                 out = reply("hello", request.rid, version=PROTOCOL_VERSION, server="fake/0.1")
             elif isinstance(request, Submit):
                 out = self._submit(request)
+                self.submits_applied += 1
+                if self.submits_applied in self.drop_after_submits:
+                    conn.abort()  # applied, but the reply is never sent
+                    return
             elif isinstance(request, Results):
+                self.results_requests.append(request)
                 job = self._job(request.job, request.rid)
                 stream = asyncio.create_task(self._stream(conn, request, job))
                 conn.streams.add(stream)
@@ -242,22 +280,25 @@ class FakeScheduler:
         if job is None:
             job = self.jobs[job_id] = Job(job_id)
         elif job.sealed:
-            raise ValidationError(
-                f"job {job_id!r} is sealed", code=ErrorCode.CONFLICT, rid=request.rid
-            )
+            # A batch sent again after a lost reply: every id already in the job.
+            tasks = self.tasks
+            if not all(t.id in tasks and tasks[t.id].task.job == job_id for t in request.tasks):
+                raise ValidationError(
+                    f"job {job_id!r} is sealed", code=ErrorCode.CONFLICT, rid=request.rid
+                )
         self.submit_sizes.append(len(request.tasks))
         ids: list[str] = []
         for task in request.tasks:
             if task.id and task.id in self.tasks:
                 ids.append(task.id)  # idempotent: the existing task answers
                 continue
-            task.id = task.id or f"{job_id}-{len(job.ids)}"
+            task.id = task.id or f"{job_id}.{len(job.ids)}"
             task.job = job_id
             record = self.tasks[task.id] = Record(task)
             job.ids.append(task.id)
             ids.append(task.id)
             self._execute(record)
-        job.sealed = request.final
+        job.sealed = job.sealed or request.final
         job.notify()
         return reply("submit", request.rid, job=job_id, ids=ids)
 
@@ -311,7 +352,8 @@ class FakeScheduler:
         job.notify()
 
     async def _stream(self, conn: Connection, request: Results, job: Job) -> None:
-        pos = request.since
+        pos = max(0, request.since - self.resume_overlap) if request.since else 0
+        sent = 0
         while True:
             event = job.changed
             complete = job.complete
@@ -323,6 +365,12 @@ class FakeScheduler:
                 last = pos >= end and (complete or not request.follow)
                 if chunk or last:
                     await conn.send(results_frame(request.rid, chunk, done=last, total=total))
+                    sent += len(chunk)
+                    limit = self.drop_stream_after
+                    if limit is not None and sent >= limit and not last:
+                        self.drop_stream_after = None
+                        conn.abort()
+                        return
                 if pos >= end:
                     break
             if last:
@@ -416,6 +464,12 @@ class ThreadedFakeScheduler:
         self._thread.start()
         self.call(self.server.start)
         return self
+
+    def stop(self) -> None:
+        self.call(self.server.stop)
+
+    def restart(self) -> None:
+        self.call(self.server.restart)
 
     def __exit__(self, *exc: object) -> None:
         try:

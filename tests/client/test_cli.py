@@ -6,6 +6,9 @@ import json
 import re
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -245,9 +248,120 @@ def test_scheduler_command_builds_settings(tmp_path: Path, monkeypatch: pytest.M
     assert settings.log_level == "debug"  # the environment fills what no flag gave
 
 
+def test_scheduler_flags_reach_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    import scheduler.main
+
+    seen: list[Any] = []
+
+    def fake_serve(settings: Any) -> int:
+        seen.append(settings)
+        return 0
+
+    monkeypatch.setattr(scheduler.main, "serve", fake_serve)
+    for name in ("STATE_DIR", "KILL_GRACE_S", "RETRY_ON", "RESULT_TTL_S"):
+        monkeypatch.delenv(f"TASKMILL_{name}", raising=False)
+    argv = [
+        "scheduler",
+        *("-lw", "4,2:10-99"),
+        *("--max-queued-per-user", "50"),
+        *("--state-dir", "/var/lib/tm"),
+        *("--result-ttl", "30"),
+        *("--result-max-age", "3600"),
+        *("--retry-on", "timed_out"),
+        *("--retry-backoff", "0.5"),
+        *("--retry-backoff-max", "8"),
+        *("--kill-grace", "1.5"),
+    ]
+    assert main(argv) == 0
+    (s,) = seen
+    assert s.local_workers == "4,2:10-99" and [g.count for g in s.worker_groups] == [4, 2]
+    assert (s.worker_groups[1].min_p, s.worker_groups[1].max_p) == (10, 99)
+    assert (s.max_queued_per_user, s.state_dir) == (50, "/var/lib/tm")
+    assert (s.result_ttl_s, s.result_max_age_s) == (30.0, 3600.0)
+    assert (s.retry_on, s.retry_backoff_s, s.retry_backoff_max_s) == (("timed_out",), 0.5, 8.0)
+    assert s.kill_grace_s == 1.5
+
+    # Flags left out do not mask the environment.
+    monkeypatch.setenv("TASKMILL_STATE_DIR", "none")
+    monkeypatch.setenv("TASKMILL_KILL_GRACE_S", "7")
+    assert main(["scheduler", "--retry-on", "none"]) == 0
+    s = seen[-1]
+    assert (s.state_dir, s.journal_path, s.kill_grace_s, s.retry_on) == ("none", None, 7.0, ())
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["scheduler", "--retry-on", "failed,sometimes"],
+        ["scheduler", "--max-queued-per-user", "0"],
+        ["scheduler", "--kill-grace", "-1"],
+        ["scheduler", "--result-ttl", "soon"],
+        ["client", "-w", "f", "--max-attempts", "0"],
+        ["client", "-w", "f", "--max-attempts", "101"],
+        ["submit", "-w", "f", "--timeout", "0"],
+        ["results", "job", "--reconnect-timeout", "-5"],
+        ["run", "-w", "f", "--result-ttl", "5"],  # a one-shot run keeps no results
+    ],
+)
+def test_bad_flags_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_client_flags_parse() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["client", "-w", "f"])
+    assert (args.reconnect, args.reconnect_timeout) == (True, 60.0)
+    assert (args.max_attempts, args.timeout) == (None, None)
+    argv = ["client", "-w", "f", "--no-reconnect", "--reconnect-timeout", "5"]
+    args = parser.parse_args([*argv, "--max-attempts", "3", "--timeout", "2.5"])
+    assert (args.reconnect, args.reconnect_timeout) == (False, 5.0)
+    assert (args.max_attempts, args.timeout) == (3, 2.5)
+    for command in (["status", "x"], ["cancel", "x"], ["results", "x"], ["submit", "-w", "f"]):
+        args = parser.parse_args([*command, "--no-reconnect"])
+        assert args.reconnect is False
+
+
+def test_run_flags_reach_the_embedded_scheduler(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import structlog
+
+    import scheduler.app
+    from scheduler.errors import SchedulerError
+
+    seen: list[Any] = []
+
+    class Recording:
+        def __init__(self, settings: Any) -> None:
+            seen.append(settings)
+
+        async def start(self) -> None:
+            raise SchedulerError("not started in this test")
+
+    monkeypatch.setattr(scheduler.app, "Scheduler", Recording)
+    monkeypatch.delenv("TASKMILL_STATE_DIR", raising=False)
+    workload = tmp_path / "w.txt"
+    workload.write_text("true\n", encoding="utf-8")
+    saved = structlog.get_config()
+    try:
+        assert main(["run", "-w", str(workload), "-lw", "1,1:5-9"]) == 2
+        argv = ["run", "-w", str(workload), "--state-dir", str(tmp_path), "--retry-on", "failed"]
+        assert main([*argv, "--kill-grace", "0.5", "--max-queued-per-user", "7"]) == 2
+    finally:
+        structlog.configure(**saved)
+    assert "not started in this test" in capsys.readouterr().err
+    default, given = seen
+    assert default.state_dir == "none" and default.local_workers == "1,1:5-9"
+    assert given.state_dir == str(tmp_path) and given.retry_on == ("failed",)
+    assert (given.kill_grace_s, given.max_queued_per_user) == (0.5, 7)
+
+
 def test_scheduler_command_rejects_bad_settings(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["scheduler", "-lw", "many"]) == 2
-    assert "local_workers" in capsys.readouterr().err
+    for spec in ("many", "2:9-1"):
+        assert main(["scheduler", "-lw", spec]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("taskmill: error: bad scheduler settings: ") and f"'{spec}'" in err
     assert main(["scheduler", "--config", "/nonexistent/t.toml"]) == 2
     assert "cannot read settings file" in capsys.readouterr().err
 
@@ -270,3 +384,109 @@ def test_help_returns_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     assert "workload-gen" in capsys.readouterr().out
     assert main([]) == 2
+
+
+# --- reconnection and task defaults ---------------------------------------------------------
+
+
+def wait_for(predicate: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.002)
+
+
+def test_results_follow_survives_a_dropped_connection(
+    threaded_fake: ThreadedFakeScheduler, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = threaded_fake.server
+    path = tmp_path / "w.txt"
+    path.write_text("echo x\n" * 100, encoding="utf-8")
+    assert main(["submit", "-s", threaded_fake.address, "-w", str(path)]) == 0
+    job = capsys.readouterr().out.strip()
+
+    def arm() -> None:
+        server.frame_size = 10
+        server.drop_stream_after = 30
+
+    threaded_fake.run_sync(arm)
+    output = tmp_path / "r.jsonl"
+    argv = ["results", "-s", threaded_fake.address, job, "--follow", "--output", str(output)]
+    assert main([*argv, "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(last_line(out))["tasks"] == 100
+    ids = [json.loads(line)["id"] for line in output.read_text(encoding="utf-8").splitlines()]
+    assert ids == [f"{job}.{i}" for i in range(100)]
+    logged = [json.loads(line) for line in err.splitlines()]
+    assert [e["event"] for e in logged] == ["connection lost, reconnecting", "reconnected"]
+    assert {e["level"] for e in logged} == {"warning"}
+    since = threaded_fake.run_sync(lambda: [r.since for r in server.results_requests])
+    assert since[0] == 0 and 10 <= since[1] <= 30
+
+
+def test_no_reconnect_exits_3_on_a_dropped_connection(
+    threaded_fake: ThreadedFakeScheduler, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "w.txt"
+    path.write_text("echo x\n" * 30, encoding="utf-8")
+    threaded_fake.run_sync(lambda: setattr(threaded_fake.server, "frame_size", 10))
+    threaded_fake.run_sync(lambda: setattr(threaded_fake.server, "drop_stream_after", 10))
+    argv = ["client", "-s", threaded_fake.address, "-w", str(path), "--no-reconnect"]
+    assert main(argv) == 3
+    err = capsys.readouterr().err
+    assert (
+        err == f"taskmill: error: the scheduler at {threaded_fake.address} closed the connection\n"
+    )
+
+
+def test_submit_resends_a_batch_whose_reply_was_lost(
+    threaded_fake: ThreadedFakeScheduler, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "w.txt"
+    path.write_text("true\n" * 50, encoding="utf-8")
+    threaded_fake.run_sync(lambda: threaded_fake.server.drop_after_submits.add(1))
+    argv = ["submit", "-s", threaded_fake.address, "-w", str(path), "--batch-size", "20"]
+    assert main([*argv, "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["tasks"] == 50
+    ids = threaded_fake.run_sync(lambda: list(threaded_fake.server.jobs[printed["job"]].ids))
+    assert ids == [f"{printed['job']}.{i}" for i in range(50)]
+
+
+def test_client_gives_up_after_the_reconnect_timeout(
+    threaded_fake: ThreadedFakeScheduler, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "w.txt"
+    path.write_text("hold\n", encoding="utf-8")
+    server = threaded_fake.server
+
+    def stop_once_waiting() -> None:
+        wait_for(lambda: threaded_fake.run_sync(lambda: server.results_requests), "the stream")
+        threaded_fake.stop()
+
+    stopper = threading.Thread(target=stop_once_waiting)
+    stopper.start()
+    try:
+        argv = ["client", "-s", threaded_fake.address, "-w", str(path)]
+        assert main([*argv, "--reconnect-timeout", "0.3"]) == 3
+    finally:
+        stopper.join()
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith(f"taskmill: error: lost the connection to {threaded_fake.address} (")
+    assert "could not reconnect within 0." in err and "Connection refused" in err
+
+
+def test_task_defaults_apply_to_tasks_without_their_own(
+    threaded_fake: ThreadedFakeScheduler, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "w.jsonl"
+    rows = [{"cmd": "true", "id": "own", "max_attempts": 5, "timeout_s": 60}, {"cmd": "true"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    argv = ["client", "-s", threaded_fake.address, "-w", str(path)]
+    assert main([*argv, "--max-attempts", "3", "--timeout", "2.5"]) == 0
+    capsys.readouterr()
+    tasks = threaded_fake.run_sync(lambda: [r.task for r in threaded_fake.server.tasks.values()])
+    limits = {t.id: (t.max_attempts, t.timeout_s) for t in tasks}
+    (other,) = set(limits) - {"own"}
+    assert limits == {"own": (5, 60.0), other: (3, 2.5)}

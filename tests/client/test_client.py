@@ -10,6 +10,7 @@ import pytest
 
 from client.client import Client, Submission, task_map
 from client.errors import ClientError, ConnectError, ConnectionLost
+from client.tasks import split_batches
 from protocol.errors import ErrorCode, RemoteError
 from protocol.model import Task, TaskKind, TaskState
 from tests.client.fake_server import FakeScheduler
@@ -87,6 +88,8 @@ async def test_submit_in_parts_then_seal(fake: FakeScheduler) -> None:
         assert not fake.jobs[first.job].sealed
         second = await client.submit(["echo b"], job=first.job)
         assert second.job == first.job
+        # Ids the client makes go on where the job's tasks stop, as the scheduler's would.
+        assert (first.ids, second.ids) == ([f"{first.job}.0"], [f"{first.job}.1"])
         status = await client.status(first.job)
         assert status == {
             "kind": "job",
@@ -97,6 +100,36 @@ async def test_submit_in_parts_then_seal(fake: FakeScheduler) -> None:
         }
         results = [r async for r in client.results(first.job)]
         assert {r.stdout for r in results} == {"a\n", "b\n"}
+
+
+async def test_adding_to_a_job_made_elsewhere_continues_its_ids(fake: FakeScheduler) -> None:
+    async with Client("127.0.0.1", fake.port) as first:
+        opened = await first.submit(["echo a", "echo b"], job="shared", final=False)
+    async with Client("127.0.0.1", fake.port) as second:
+        added = await second.submit(["echo c"], job="shared")
+    assert opened.ids == ["shared.0", "shared.1"]
+    assert added.ids == ["shared.2"]  # not shared.0 again, which would be taken as a repeat
+    assert fake.jobs["shared"].ids == ["shared.0", "shared.1", "shared.2"]
+    assert fake.ops.count("status") == 2  # one look-up per submit to a named job
+
+
+def test_split_batches_names_tasks_and_fills_defaults() -> None:
+    bare: dict[str, object] = {"cmd": "true"}
+    named: dict[str, object] = {"cmd": "true", "id": "mine", "timeout_s": 9}
+    task = Task(id="", job="", kind=TaskKind.CALL, fn="echo")
+    defaults = {"max_attempts": 2, "timeout_s": None}
+    batches = list(
+        split_batches([bare, named, "echo", task], 3, job="j", start=5, defaults=defaults)
+    )
+    assert [len(b) for b in batches] == [3, 1]
+    flat = [t for b in batches for t in b]
+    assert [t["id"] for t in flat] == ["j.5", "mine", "j.7", "j.8"]
+    assert [t["max_attempts"] for t in flat] == [2, 2, 2, 2]
+    assert "timeout_s" not in flat[0] and flat[1]["timeout_s"] == 9
+    assert bare == {"cmd": "true"} and named == {"cmd": "true", "id": "mine", "timeout_s": 9}
+    complete = {"cmd": "true", "id": "x", "max_attempts": 1}
+    (only,) = split_batches([complete], 10, job="j", defaults={"max_attempts": 5})
+    assert only[0] is complete  # nothing to add: passed through, not copied
 
 
 async def test_results_without_follow_and_then_following(fake: FakeScheduler) -> None:
@@ -230,7 +263,7 @@ async def test_unknown_op_is_an_error_reply(fake: FakeScheduler) -> None:
 
 
 async def test_connection_level_error_fails_everything(fake: FakeScheduler) -> None:
-    client = await connect(fake)
+    client = await connect(fake, reconnect=False)
     try:
         sub = await client.submit(["hold"])
         stream = client.results(sub.job)
@@ -249,7 +282,7 @@ async def test_connection_level_error_fails_everything(fake: FakeScheduler) -> N
 
 
 async def test_connection_drop_raises_connection_lost(fake: FakeScheduler) -> None:
-    client = await connect(fake)
+    client = await connect(fake, reconnect=False)
     try:
         sub = await client.submit(["hold"])
         batches = client.result_batches(sub.job)
@@ -335,4 +368,5 @@ async def test_cancelling_a_waiting_call_leaves_the_client_usable(fake: FakeSche
         fake.release()
         results = [r async for r in client.results(sub.job)]
         assert [r.id for r in results] == sub.ids
-        assert not client._pending and not client._streams
+        conn = client._link.current
+        assert conn is not None and conn.idle

@@ -7,7 +7,8 @@ from collections import Counter
 
 import pytest
 
-from client.errors import ClientError, ConnectError
+from client.errors import ClientError, ConnectError, ConnectionLost
+from client.reconnect import ReconnectPolicy
 from client.sync import SyncClient
 from protocol.errors import ErrorCode, RemoteError
 from protocol.model import TaskState
@@ -91,3 +92,21 @@ def test_connect_failure_leaves_no_thread(closed_port: int) -> None:
         SyncClient("127.0.0.1", closed_port)
     assert f"127.0.0.1:{closed_port}" in str(info.value)
     assert client_threads() == []
+
+
+def test_sync_client_resumes_a_dropped_stream(threaded_fake: ThreadedFakeScheduler) -> None:
+    policy = ReconnectPolicy(timeout_s=10.0, initial_delay_s=0.01, max_delay_s=0.05)
+    with SyncClient("127.0.0.1", threaded_fake.port, reconnect_policy=policy) as client:
+        sub = client.submit({"fn": "echo", "args": [i]} for i in range(1200))
+        threaded_fake.run_sync(lambda: setattr(threaded_fake.server, "drop_stream_after", 500))
+        results = list(client.results(sub.job))
+        assert [r.id for r in results] == sub.ids
+        assert client.client.reconnects == 1
+        assert client.status(sub.job)["total"] == 1200
+
+
+def test_sync_client_without_reconnect(threaded_fake: ThreadedFakeScheduler) -> None:
+    with SyncClient("127.0.0.1", threaded_fake.port, reconnect=False) as client:
+        threaded_fake.run_sync(lambda: threaded_fake.server.drop_after_submits.add(1))
+        with pytest.raises(ConnectionLost):
+            client.submit(["true"])
