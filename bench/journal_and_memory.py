@@ -33,7 +33,11 @@ def emit(**fields: Any) -> None:
 
 
 def start_scheduler(workers: int, state_dir: str) -> tuple[subprocess.Popen[str], int]:
-    env = {**os.environ, "TASKMILL_STATE_DIR": state_dir}
+    env = {
+        **os.environ,
+        "TASKMILL_STATE_DIR": state_dir,
+        "TASKMILL_MAX_QUEUED_PER_USER": "100000000",  # the memory run queues a million
+    }
     proc = subprocess.Popen(
         [
             sys.executable,
