@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Coroutine, Iterable
 from typing import Any
 
 import structlog
 
+from protocol.aws import AwsError, AwsSettings
 from protocol.model import TaskState
 from scheduler.dispatch import Dispatcher
 from scheduler.errors import SchedulerError
@@ -22,6 +24,7 @@ from scheduler.journal import Journal, JournalError, MemoryJournal
 from scheduler.local import LocalWorker
 from scheduler.records import Job
 from scheduler.recovery import restore
+from scheduler.remote import RemoteBackend
 from scheduler.retry import RetryPolicy
 from scheduler.server import ResultStream, Session
 from scheduler.settings import SchedulerSettings, WorkerGroup
@@ -34,8 +37,10 @@ RESTART_DELAY_MAX_S = 30.0
 
 
 class Scheduler:
-    def __init__(self, settings: SchedulerSettings) -> None:
+    def __init__(self, settings: SchedulerSettings, *, aws: AwsSettings | None = None) -> None:
         self.settings = settings
+        self.aws = aws or AwsSettings()
+        self.remote: RemoteBackend | None = None
         path = settings.journal_path
         self.journal: Journal | MemoryJournal = Journal(path) if path else MemoryJournal()
         self.table = TaskTable(
@@ -86,8 +91,10 @@ class Scheduler:
             raise
         for worker in workers:
             self._adopt(worker)
-        if not workers:
-            self.table.known_handlers = None
+        if not workers or self.settings.remote:
+            self.table.known_handlers = None  # remote workers may have other handlers
+        if self.settings.remote:
+            await self._start_remote()
         try:
             self._server = await asyncio.start_server(
                 self._on_connect, self.settings.host, self.settings.port, limit=1 << 20
@@ -107,6 +114,45 @@ class Scheduler:
             handlers=sorted(self.table.known_handlers or ()),
         )
 
+    async def _start_remote(self) -> None:
+        scheduler_id, ephemeral = self._scheduler_id()
+        self.remote = RemoteBackend(
+            self.aws,
+            self.table,
+            scheduler_id=scheduler_id,
+            on_results=self.dispatcher.apply_results,
+            on_job_progress=self.job_progress,
+            avg_runtime=lambda: self.dispatcher.avg_runtime_s,
+            min_inflight=self.settings.remote_min_inflight,
+            delete_reply_queue_on_close=ephemeral,
+        )
+        try:
+            await self.remote.start()
+        except AwsError as exc:
+            await self.close()
+            raise SchedulerError(str(exc)) from exc
+        self.dispatcher.remote = self.remote
+        self.dispatcher.wake()
+
+    def _scheduler_id(self) -> tuple[str, bool]:
+        """This scheduler's id (it names the reply queue) and whether it is throw-away.
+
+        With a journal, the id is kept beside it so a restarted scheduler reads the
+        same reply queue, where results of bundles sent before the restart arrive.
+        """
+        if self.settings.scheduler_id:
+            return self.settings.scheduler_id, False
+        path = self.settings.journal_path
+        if path is None:
+            return "s" + os.urandom(6).hex(), True
+        id_file = path.parent / "scheduler-id"
+        try:
+            return id_file.read_text().strip(), False
+        except FileNotFoundError:
+            scheduler_id = "s" + os.urandom(6).hex()
+            id_file.write_text(scheduler_id + "\n")
+            return scheduler_id, False
+
     async def close(self) -> None:
         """Stop accepting, let workers finish what they hold, flush clients, stop tasks."""
         if self.closing:
@@ -116,6 +162,10 @@ class Scheduler:
             self._server.close()
         workers = list(self.dispatcher.workers.values())
         await asyncio.gather(*(w.stop() for w in workers), return_exceptions=True)
+        if self.remote is not None:
+            # Bundles in SQS stay there: a restarted scheduler requeues their tasks from
+            # the journal and drops whichever result arrives second.
+            await self.remote.close()
         self.dispatcher.close()
         # Let the last results become durable and reach the clients still connected.
         committed = asyncio.Event()
@@ -268,6 +318,7 @@ class Scheduler:
             "avg_runtime_s": self.dispatcher.avg_runtime_s,
             "retries": table.retries_total,
             "waiting_retry": table.waiting_retry,
+            "remote": self.remote.stats() if self.remote is not None else None,
             "journal": {
                 "path": str(self.journal.path) if self.journal.path else None,
                 "commits": self.journal.commits,

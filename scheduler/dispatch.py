@@ -11,7 +11,7 @@ import asyncio
 import math
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -44,6 +44,16 @@ def hold_target(avg_runtime_s: float | None, backlog: int, workers: int) -> int:
     return max(1, min(per_worker, fair_share))
 
 
+class RemoteSink(Protocol):
+    """What the dispatcher needs of the SQS backend (scheduler.remote.RemoteBackend)."""
+
+    @property
+    def accepting(self) -> bool: ...
+    def room(self) -> int: ...
+    def send_tasks(self, recs: list[TaskRecord]) -> None: ...
+    def cancel(self, recs: list[TaskRecord]) -> None: ...
+
+
 class Dispatcher:
     """Owns the task table's hand-out to local workers and the result path."""
 
@@ -67,6 +77,7 @@ class Dispatcher:
         # Running tasks a client cancelled: their next result or loss ends them as cancelled.
         self.cancelling: set[str] = set()
         self.kill_grace_s = kill_grace_s
+        self.remote: RemoteSink | None = None  # the SQS backend, when -rw is on
         self._timers: set[asyncio.TimerHandle] = set()
 
     # --- workers -------------------------------------------------------------------
@@ -131,25 +142,41 @@ class Dispatcher:
         if not table.queued_total:
             return
         workers = [w for w in self.workers.values() if w.alive and not w.stopping]
-        if not workers:
-            return
-        backlog = table.queued_total + table.running_total
-        target = hold_target(self.avg_runtime_s, backlog, len(workers))
-        for worker in workers:
-            held = len(worker.held)
-            if held > target // 2:
-                continue
-            recs = table.take(target - held, worker.min_p, worker.max_p)
-            if recs:
-                worker.send_tasks(recs)
-            if not table.queued_total:
-                break
+        if workers:
+            backlog = table.queued_total + table.running_total
+            target = hold_target(self.avg_runtime_s, backlog, len(workers))
+            for worker in workers:
+                held = len(worker.held)
+                if held > target // 2:
+                    continue
+                recs = table.take(target - held, worker.min_p, worker.max_p)
+                if recs:
+                    worker.send_tasks(recs)
+                if not table.queued_total:
+                    return
+        remote = self.remote
+        if remote is not None and remote.accepting:
+            room = remote.room()
+            if room > 0:
+                recs = table.take(room)
+                if recs:
+                    remote.send_tasks(recs)
 
     # --- results -------------------------------------------------------------------
 
     def on_results(self, worker: LocalWorker, results: list[dict[str, Any]]) -> None:
+        """A local worker's result frame."""
+        for result in results:
+            result["worker"] = worker.id
+        self.apply_results(worker.held, results)
+
+    def apply_results(self, held: dict[str, TaskRecord], results: list[dict[str, Any]]) -> None:
+        """Apply results from any backend: ``held`` maps the ids that backend holds.
+
+        A result for an id it no longer holds (a remote bundle run twice after a lost
+        lease, a late result of a cancelled task) is dropped: each task has one outcome.
+        """
         table = self.table
-        held = worker.held
         touched: set[Job] = set()
         runtime_sum = 0.0
         timed = 0
@@ -158,13 +185,8 @@ class Dispatcher:
         for result in results:
             rec = held.pop(result.get("id"), None)  # type: ignore[arg-type]
             if rec is None:
-                log.warning(
-                    "result for a task this worker does not hold",
-                    worker=worker.id,
-                    id=result.get("id"),
-                )
+                log.debug("result for a task not held; dropped", id=result.get("id"))
                 continue
-            result["worker"] = worker.id
             started, finished = result.get("started"), result.get("finished")
             if started is not None and finished is not None:
                 runtime_sum += finished - started
@@ -196,10 +218,17 @@ class Dispatcher:
         period, its worker is terminated (its other tasks go back to the queue).
         """
         by_worker: dict[str, list[str]] = {}
+        remote: list[TaskRecord] = []
         for rec in recs:
-            if rec.worker is not None:
+            if rec.worker is None:
+                continue
+            self.cancelling.add(rec.task.id)
+            if rec.worker in self.workers:
                 by_worker.setdefault(rec.worker, []).append(rec.task.id)
-                self.cancelling.add(rec.task.id)
+            else:
+                remote.append(rec)
+        if remote and self.remote is not None:
+            self.remote.cancel(remote)
         for wid, ids in by_worker.items():
             worker = self.workers.get(wid)
             if worker is None:
@@ -212,7 +241,7 @@ class Dispatcher:
                 and running.task.id in ids
             ):
                 self._kill_if_still_running(worker, running)
-        return sum(len(ids) for ids in by_worker.values())
+        return sum(len(ids) for ids in by_worker.values()) + len(remote)
 
     def _kill_if_still_running(self, worker: LocalWorker, rec: TaskRecord) -> None:
         loop = self._loop or asyncio.get_running_loop()

@@ -8,6 +8,7 @@ import signal
 import structlog
 import uvloop
 
+from protocol.aws import AwsSettings
 from protocol.logs import configure_logging
 from scheduler.app import Scheduler
 from scheduler.errors import SchedulerError
@@ -16,12 +17,12 @@ from scheduler.settings import SchedulerSettings
 log = structlog.get_logger("taskmill.scheduler")
 
 
-async def run_until_signalled(settings: SchedulerSettings) -> int:
+async def run_until_signalled(settings: SchedulerSettings, aws: AwsSettings | None = None) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    scheduler = Scheduler(settings)
+    scheduler = Scheduler(settings, aws=aws)
     try:
         await scheduler.start()
     except SchedulerError as exc:
@@ -37,7 +38,7 @@ async def run_until_signalled(settings: SchedulerSettings) -> int:
     return 0
 
 
-def serve(settings: SchedulerSettings) -> int:
+def serve(settings: SchedulerSettings, aws: AwsSettings | None = None) -> int:
     """Configure logging, run on uvloop, return the process exit code."""
     configure_logging(settings.log_level, settings.log_format)
-    return uvloop.run(run_until_signalled(settings))
+    return uvloop.run(run_until_signalled(settings, aws))

@@ -80,6 +80,10 @@ class SchedulerSettings:
     retry_backoff_s: float = 1.0  # first retry delay; doubles per attempt, with jitter
     retry_backoff_max_s: float = 60.0
     kill_grace_s: float = 2.0  # SIGTERM to SIGKILL, for cancelled and timed-out tasks
+    # Remote execution through SQS (-rw); queue and table names are in AwsSettings.
+    remote: bool = False
+    scheduler_id: str = ""  # names the reply queue; default: kept in the state dir
+    remote_min_inflight: int = 10_000  # tasks in SQS at least, so an empty fleet can scale
     log_level: str = "info"
     log_format: str = "auto"  # auto | json | console
 

@@ -93,7 +93,7 @@ async def start_scheduler() -> AsyncIterator[SchedulerFactory]:
     """Start schedulers with given settings; every one is closed at teardown."""
     started: list[Scheduler] = []
 
-    async def factory(**overrides: Any) -> Scheduler:
+    async def factory(*, aws: AwsSettings | None = None, **overrides: Any) -> Scheduler:
         settings = SchedulerSettings(
             **{
                 "host": "127.0.0.1",
@@ -104,7 +104,7 @@ async def start_scheduler() -> AsyncIterator[SchedulerFactory]:
                 **overrides,
             }
         )
-        sched = Scheduler(settings)
+        sched = Scheduler(settings, aws=aws)
         started.append(sched)
         await sched.start()
         return sched
