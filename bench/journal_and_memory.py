@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,54 +23,17 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import emit, start_scheduler, stop_scheduler  # noqa: E402
 from client.client import Client  # noqa: E402
 
 
-def emit(**fields: Any) -> None:
-    print(json.dumps(fields), flush=True)
-
-
-def start_scheduler(workers: int, state_dir: str) -> tuple[subprocess.Popen[str], int]:
-    env = {
+def _env(state_dir: str) -> dict[str, str]:
+    # The memory run queues a million tasks for one user: lift the per-user cap.
+    return {
         **os.environ,
         "TASKMILL_STATE_DIR": state_dir,
-        "TASKMILL_MAX_QUEUED_PER_USER": "100000000",  # the memory run queues a million
+        "TASKMILL_MAX_QUEUED_PER_USER": "100000000",
     }
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "client.cli",
-            "scheduler",
-            "-s",
-            "0",
-            "-lw",
-            str(workers),
-            "--log-format",
-            "json",
-        ],
-        cwd=REPO,
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if event.get("event") == "scheduler listening":
-            return proc, int(event["port"])
-    raise RuntimeError(f"scheduler exited with {proc.wait()}")
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    proc.terminate()
-    proc.wait(timeout=60)
-    if proc.stderr is not None:
-        proc.stderr.close()
 
 
 def rss_bytes(pid: int) -> int:
@@ -100,11 +61,13 @@ def bench_journal(n: int, repeat: int) -> None:
     for _ in range(repeat):
         for mode in ("none", "sqlite"):
             with tempfile.TemporaryDirectory() as tmp:
-                proc, port = start_scheduler(2, "none" if mode == "none" else tmp)
+                proc, port = start_scheduler(
+                    "-lw", "2", env=_env("none" if mode == "none" else tmp)
+                )
                 try:
                     times[mode].append(asyncio.run(timed_run(port, tasks)))
                 finally:
-                    stop(proc)
+                    stop_scheduler(proc)
     medians = {mode: statistics.median(ts) for mode, ts in times.items()}
     for mode, median in medians.items():
         emit(
@@ -129,7 +92,7 @@ async def fill(port: int, n: int) -> None:
 
 def bench_memory(n: int, journal: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        proc, port = start_scheduler(0, tmp if journal else "none")
+        proc, port = start_scheduler("-lw", "0", env=_env(tmp if journal else "none"))
         try:
             before = rss_bytes(proc.pid)
             t0 = time.perf_counter()
@@ -137,7 +100,7 @@ def bench_memory(n: int, journal: bool) -> None:
             elapsed = time.perf_counter() - t0
             after = rss_bytes(proc.pid)
         finally:
-            stop(proc)
+            stop_scheduler(proc)
     emit(
         metric="scheduler memory per queued task",
         journal=journal,

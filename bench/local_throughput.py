@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import statistics
@@ -27,50 +26,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import emit, start_scheduler, stop_scheduler  # noqa: E402
 from client.client import Client  # noqa: E402
-
-
-def emit(**fields: Any) -> None:
-    print(json.dumps(fields), flush=True)
-
-
-def start_scheduler(workers: int) -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "client.cli",
-            "scheduler",
-            "-s",
-            "0",
-            "-lw",
-            str(workers),
-            "--log-format",
-            "json",
-            "--log-level",
-            "info",
-        ],
-        cwd=REPO,
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if event.get("event") == "scheduler listening":
-            return proc, int(event["port"])
-    raise RuntimeError(f"scheduler exited with {proc.wait()}")
-
-
-def stop_scheduler(proc: subprocess.Popen[str]) -> None:
-    proc.terminate()
-    proc.wait(timeout=30)
-    if proc.stderr is not None:
-        proc.stderr.close()
 
 
 async def run_once(port: int, tasks: list[dict[str, Any]]) -> float:
@@ -87,7 +44,9 @@ async def run_once(port: int, tasks: list[dict[str, Any]]) -> float:
 
 
 def bench_taskmill(name: str, tasks: list[dict[str, Any]], workers: int, repeat: int) -> float:
-    proc, port = start_scheduler(workers)
+    proc, port = start_scheduler(
+        "-lw", str(workers), env={**os.environ, "TASKMILL_STATE_DIR": "none"}
+    )
     try:
         times = [asyncio.run(run_once(port, tasks)) for _ in range(repeat)]
     finally:

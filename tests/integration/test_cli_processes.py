@@ -6,72 +6,27 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO_ROOT, TEST_HANDLERS
-
-TASKMILL = [sys.executable, "-m", "client.cli"]
-
-
-def wait_for_listen_line(proc: subprocess.Popen[str], deadline_s: float = 60) -> int:
-    """Read the daemon's JSON log until it says where it listens."""
-    assert proc.stderr is not None
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            raise AssertionError(f"scheduler exited early with {proc.wait()}")
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if event.get("event") == "scheduler listening":
-            return int(event["port"])
-    raise AssertionError("scheduler did not report its port in time")
+from tests.procs import TASKMILL, Daemon, start_scheduler
 
 
 @pytest.fixture
-def scheduler_proc(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    proc = subprocess.Popen(
-        [
-            *TASKMILL,
-            "scheduler",
-            "-s",
-            "0",
-            "-lw",
-            "2",
-            "--handlers",
-            TEST_HANDLERS,
-            "--log-format",
-            "json",
-        ],
-        cwd=REPO_ROOT,
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-        env={
-            **os.environ,
-            "PYTHONPATH": str(REPO_ROOT),
-            "TASKMILL_STATE_DIR": str(tmp_path / "state"),
-        },
-    )
+def scheduler_proc(tmp_path: Path) -> Iterator[tuple[Daemon, int]]:
+    env = {**os.environ, "TASKMILL_STATE_DIR": str(tmp_path / "state")}
+    daemon, port = start_scheduler("-s", "0", "-lw", "2", "--handlers", TEST_HANDLERS, env=env)
     try:
-        yield proc, wait_for_listen_line(proc)
+        yield daemon, port
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        assert proc.stderr is not None
-        proc.stderr.close()
+        daemon.stop()
 
 
 def test_client_process_against_scheduler_process(
-    scheduler_proc: tuple[subprocess.Popen[str], int], tmp_path: Path
+    scheduler_proc: tuple[Daemon, int], tmp_path: Path
 ) -> None:
     proc, port = scheduler_proc
     workload = tmp_path / "jobs.txt"
@@ -104,12 +59,12 @@ def test_client_process_against_scheduler_process(
     assert failed["exit_code"] == 4 and failed["worker"].startswith("local-")
 
     # SIGTERM: the daemon shuts down in order and exits 0.
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 0
+    proc.proc.send_signal(signal.SIGTERM)
+    assert proc.proc.wait(timeout=30) == 0
 
 
 def test_client_reports_bad_workload_and_unreachable_scheduler(
-    scheduler_proc: tuple[subprocess.Popen[str], int], tmp_path: Path
+    scheduler_proc: tuple[Daemon, int], tmp_path: Path
 ) -> None:
     _, port = scheduler_proc
     broken = tmp_path / "bad.jsonl"
