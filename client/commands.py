@@ -228,6 +228,8 @@ def cmd_run(
     overrides: dict[str, Any] = {**(settings or {}), "host": "127.0.0.1", "port": 0}
     if overrides.get("state_dir") is None:
         overrides["state_dir"] = "none"
+    if overrides.get("monitor_port") is None:
+        overrides["monitor_port"] = -1  # no web monitor for a one-shot run unless asked
     overrides["log_level"] = log_level
     try:
         scheduler_settings = load(SchedulerSettings, overrides=overrides)

@@ -22,6 +22,7 @@ from scheduler.dispatch import Dispatcher
 from scheduler.errors import SchedulerError
 from scheduler.journal import Journal, JournalError, MemoryJournal
 from scheduler.local import LocalWorker
+from scheduler.monitor import Monitor
 from scheduler.records import Job
 from scheduler.recovery import restore
 from scheduler.remote import RemoteBackend
@@ -29,6 +30,7 @@ from scheduler.retry import RetryPolicy
 from scheduler.server import ResultStream, Session
 from scheduler.settings import SchedulerSettings, WorkerGroup
 from scheduler.state import TaskTable
+from scheduler.telemetry import Sample, Sampler, health_problems
 
 log = structlog.get_logger("taskmill.scheduler")
 
@@ -41,6 +43,8 @@ class Scheduler:
         self.settings = settings
         self.aws = aws or AwsSettings()
         self.remote: RemoteBackend | None = None
+        self.sampler = Sampler()
+        self.monitor: Monitor | None = None
         path = settings.journal_path
         self.journal: Journal | MemoryJournal = Journal(path) if path else MemoryJournal()
         self.table = TaskTable(
@@ -59,7 +63,7 @@ class Scheduler:
         self.closing = False
         self.started_at = time.time()
         self._server: asyncio.Server | None = None
-        self._sessions: set[Session] = set()
+        self.sessions: set[Session] = set()
         self._watchers: dict[str, set[ResultStream]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._worker_seq = 0
@@ -106,6 +110,17 @@ class Scheduler:
             ) from exc
         self.port = self._server.sockets[0].getsockname()[1]
         self._spawn(self._expire_loop())
+        self._spawn(self._sample_loop())
+        if self.settings.monitor_port >= 0:
+            self.monitor = Monitor(self, self.settings.monitor_host, self.settings.monitor_port)
+            try:
+                await self.monitor.start()
+            except OSError as exc:
+                await self.close()
+                raise SchedulerError(
+                    f"cannot serve the monitor on {self.settings.monitor_host}:"
+                    f"{self.settings.monitor_port}: {exc.strerror or exc}"
+                ) from exc
         log.info(
             "scheduler listening",
             host=self.settings.host,
@@ -125,6 +140,7 @@ class Scheduler:
             avg_runtime=lambda: self.dispatcher.avg_runtime_s,
             min_inflight=self.settings.remote_min_inflight,
             delete_reply_queue_on_close=ephemeral,
+            receive_wait_s=self.settings.reply_wait_s,
         )
         try:
             await self.remote.start()
@@ -160,6 +176,8 @@ class Scheduler:
         self.closing = True
         if self._server is not None:
             self._server.close()
+        if self.monitor is not None:
+            await self.monitor.close()
         workers = list(self.dispatcher.workers.values())
         await asyncio.gather(*(w.stop() for w in workers), return_exceptions=True)
         if self.remote is not None:
@@ -172,7 +190,7 @@ class Scheduler:
         self.journal.after_commit(lambda _: committed.set())
         await committed.wait()
         await asyncio.sleep(0)  # one tick: the sessions' coalesced flushes run
-        await asyncio.gather(*(s.close() for s in list(self._sessions)), return_exceptions=True)
+        await asyncio.gather(*(s.close() for s in list(self.sessions)), return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -238,14 +256,14 @@ class Scheduler:
             writer.close()
             return
         session = Session(self, reader, writer)
-        self._sessions.add(session)
+        self.sessions.add(session)
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
         try:
             await session.run()
         finally:
-            self._sessions.discard(session)
+            self.sessions.discard(session)
             if task is not None:
                 self._tasks.discard(task)
 
@@ -297,19 +315,62 @@ class Scheduler:
         self.dispatcher.cancel_running([r for r in recs if r.state is TaskState.RUNNING])
         self.job_progress((job,))
 
+    def all_workers(self) -> list[dict[str, Any]]:
+        """Local workers and, with -rw, the remote fleet from the workers table."""
+        workers = self.dispatcher.worker_info()
+        if self.remote is not None:
+            workers += self.remote.fleet
+        return workers
+
+    def load(self) -> dict[str, int]:
+        """Queued vs running as a user means them.
+
+        The task table counts a task as running from the moment a worker holds it;
+        a local worker may hold a few short tasks ahead of the one it runs, and those
+        are reported as queued (``prefetched`` says how many).
+        """
+        table = self.table
+        held = executing = 0
+        for worker in self.dispatcher.workers.values():
+            held += len(worker.held)
+            executing += min(len(worker.held), worker.slots)
+        prefetched = held - executing
+        return {
+            "queued": table.queued_total + table.waiting_retry + prefetched,
+            "running": table.running_total - prefetched,
+            "prefetched": prefetched,
+        }
+
+    def health(self) -> list[str]:
+        table = self.table
+        remote = self.remote
+        return health_problems(
+            now=time.time(),
+            workers=sum(1 for w in self.dispatcher.workers.values() if w.alive),
+            remote=remote is not None,
+            fleet_slots=remote.fleet_slots if remote is not None else 0,
+            queued=table.queued_total,
+            last_progress=self.sampler.last_progress,
+            stuck_after_s=self.settings.stuck_after_s,
+            aws_error=remote.aws_error if remote is not None else None,
+        )
+
     def stats(self) -> dict[str, Any]:
         table = self.table
         return {
             "server": "taskmill",
             "uptime_s": time.time() - self.started_at,
             "submitted": table.submitted_total,
-            "queued": table.queued_total,
-            "running": table.running_total,
+            **self.load(),
             "finished": table.finished_total,
             "by_state": {state.value: n for state, n in table.finished_by_state.items()},
             "jobs": len(table.jobs),
-            "clients": len(self._sessions),
-            "workers": self.dispatcher.worker_info(),
+            "clients": len(self.sessions),
+            "workers": self.all_workers(),
+            "health": self.health(),
+            "monitor": (
+                f"http://{self.monitor.host}:{self.monitor.port}/" if self.monitor else None
+            ),
             "users": [
                 {"user": user, "queued": queued, "running": running}
                 for user, queued, running in table.queue.users()
@@ -325,6 +386,21 @@ class Scheduler:
                 "commit_seconds": self.journal.commit_seconds,
             },
         }
+
+    async def _sample_loop(self) -> None:
+        while True:
+            table = self.table
+            load = self.load()
+            self.sampler.add(
+                Sample(
+                    t=time.time(),
+                    submitted=table.submitted_total,
+                    finished=table.finished_total,
+                    queued=load["queued"],
+                    running=load["running"],
+                )
+            )
+            await asyncio.sleep(1.0)  # one sample a second for the monitor's charts
 
     async def _expire_loop(self) -> None:
         while True:

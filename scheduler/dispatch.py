@@ -20,6 +20,7 @@ from scheduler.local import LocalWorker
 from scheduler.records import Job, TaskRecord
 from scheduler.retry import RetryPolicy
 from scheduler.state import TaskTable
+from scheduler.telemetry import DURATION_BUCKETS, Histogram
 
 log = structlog.get_logger("taskmill.dispatch")
 
@@ -79,6 +80,7 @@ class Dispatcher:
         self.kill_grace_s = kill_grace_s
         self.remote: RemoteSink | None = None  # the SQS backend, when -rw is on
         self._timers: set[asyncio.TimerHandle] = set()
+        self.durations = Histogram(DURATION_BUCKETS)
 
     # --- workers -------------------------------------------------------------------
 
@@ -191,6 +193,7 @@ class Dispatcher:
             if started is not None and finished is not None:
                 runtime_sum += finished - started
                 timed += 1
+                self.durations.observe(finished - started)
             if cancelling and rec.task.id in cancelling:
                 cancelling.discard(rec.task.id)
             elif retry.should_retry(result["state"], rec.attempt, rec.task.max_attempts):

@@ -30,6 +30,7 @@ import structlog
 from protocol.codec import pack, unpack
 from scheduler.records import TaskRecord
 from scheduler.state import NoRecorder
+from scheduler.telemetry import COMMIT_BUCKETS, Histogram
 
 log = structlog.get_logger("taskmill.journal")
 
@@ -110,6 +111,7 @@ class Journal:
         self.failed: BaseException | None = None
         self.commits = 0
         self.commit_seconds = 0.0
+        self.commit_latency = Histogram(COMMIT_BUCKETS)
 
     # --- open / replay / close -------------------------------------------------------
 
@@ -289,8 +291,10 @@ class Journal:
                 conn.execute("ROLLBACK")
             self._loop.call_soon_threadsafe(_run_all, batch.callbacks, exc)
             return
+        elapsed = time.perf_counter() - t0
         self.commits += 1
-        self.commit_seconds += time.perf_counter() - t0
+        self.commit_seconds += elapsed
+        self.commit_latency.observe(elapsed)
         if batch.callbacks:
             self._loop.call_soon_threadsafe(_run_all, batch.callbacks, None)
 
@@ -323,6 +327,7 @@ class MemoryJournal(NoRecorder):
     path = None
     commits = 0
     commit_seconds = 0.0
+    commit_latency = Histogram(COMMIT_BUCKETS)
 
     def open(self) -> Replay:
         return Replay(jobs=[], tasks=[], attempts={}, results=[])

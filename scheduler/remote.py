@@ -100,6 +100,8 @@ class RemoteBackend:
         self.bundles_sent = 0
         self.tasks_sent = 0
         self.results_received = 0
+        self.fleet: list[dict[str, Any]] = []  # the workers table, as last read
+        self.aws_error: str | None = None  # the last AWS failure, until a call succeeds
         self._on_results = on_results
         self._on_job_progress = on_job_progress
         self._avg_runtime = avg_runtime
@@ -281,6 +283,7 @@ class RemoteBackend:
                         ],
                     )
             except AwsError as exc:
+                self.aws_error = str(exc)
                 log.error("send failed", error=str(exc))
                 failed.extend(group)
                 continue
@@ -323,8 +326,10 @@ class RemoteBackend:
                                 for i, m in enumerate(messages)
                             ],
                         )
+                self.aws_error = None
                 delay = 0.5
             except AwsError as exc:
+                self.aws_error = str(exc)
                 log.error("reply queue unavailable; retrying", error=str(exc), delay_s=delay)
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # back-off with jitter
                 delay = min(RETRY_MAX_S, delay * 2)
@@ -363,14 +368,29 @@ class RemoteBackend:
     async def _count_slots(self) -> int:
         slots = 0
         fresh = time.time() - 3 * FLEET_REFRESH_S
+        fleet: list[dict[str, Any]] = []
         with aws_errors(f"reading the workers table {self.aws.workers_table!r}"):
             paginator = self._ddb.get_paginator("scan")
             async for page in paginator.paginate(TableName=self.aws.workers_table):
                 for item in page.get("Items", []):
-                    state = item.get("state", {}).get("S")
-                    seen = float(item.get("last_seen", {}).get("N", "0"))
+                    worker = {key: next(iter(value.values())) for key, value in item.items()}
+                    state = worker.get("state")
+                    seen = float(worker.get("last_seen") or 0)
+                    worker_slots = int(worker.get("slots") or 0)
+                    fleet.append(
+                        {
+                            "id": worker.get("worker"),
+                            "kind": "remote",
+                            "host": worker.get("host"),
+                            "slots": worker_slots,
+                            "running": int(worker.get("running") or 0),
+                            "state": state,
+                            "last_seen": seen,
+                        }
+                    )
                     if state == "running" and seen >= fresh:
-                        slots += int(item.get("slots", {}).get("N", "0"))
+                        slots += worker_slots
+        self.fleet = fleet
         return slots
 
     def stats(self) -> dict[str, Any]:

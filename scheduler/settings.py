@@ -84,6 +84,11 @@ class SchedulerSettings:
     remote: bool = False
     scheduler_id: str = ""  # names the reply queue; default: kept in the state dir
     remote_min_inflight: int = 10_000  # tasks in SQS at least, so an empty fleet can scale
+    reply_wait_s: int = 20  # long-poll wait on the reply queue (SQS allows 0-20)
+    # The web monitor, /metrics and /healthz; a negative port turns them off.
+    monitor_host: str = "127.0.0.1"
+    monitor_port: int = 7071
+    stuck_after_s: float = 60.0  # queued work and nothing finished this long: unhealthy
     log_level: str = "info"
     log_format: str = "auto"  # auto | json | console
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
+from collections import deque
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -79,6 +80,7 @@ class TaskTable:
         self.retries_total = 0
         self._delayed: list[tuple[float, int, TaskRecord]] = []  # (due, seq, record) heap
         self._delayed_seq = itertools.count()
+        self.recent: deque[dict[str, Any]] = deque(maxlen=100)  # latest results, for the monitor
 
     # --- submission ----------------------------------------------------------------
 
@@ -283,6 +285,7 @@ class TaskTable:
         job.results.append(result)
         self.finished_total += 1
         self.finished_by_state[new_state] += 1
+        self.recent.append(result)
         self.recorder.result(rec.task.id, job.id, result)
         return True
 

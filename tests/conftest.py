@@ -99,6 +99,7 @@ async def start_scheduler() -> AsyncIterator[SchedulerFactory]:
                 "host": "127.0.0.1",
                 "port": 0,
                 "local_workers": 2,
+                "monitor_port": 0,
                 "state_dir": "none",
                 "handlers": (TEST_HANDLERS,),
                 **overrides,
