@@ -113,16 +113,31 @@ class FakeClock:
         return self.now
 
 
-def test_progress_is_silent_when_disabled() -> None:
+def test_progress_off_a_terminal_prints_plain_lines_sparingly() -> None:
+    out = io.StringIO()  # a StringIO is not a terminal
+    clock = FakeClock()
+    progress = Progress(1000, stream=out, clock=clock)
+    assert not progress.live
+    clock.now += 5
+    progress.update(100)  # under the 10 s interval: nothing yet
+    assert out.getvalue() == ""
+    clock.now += 5
+    progress.update(200, 3)
+    progress.close()
+    assert out.getvalue() == "taskmill:  20%  200/1000  20 tasks/s  ETA 40s  3 failed\n"
+
+
+def test_progress_can_be_disabled() -> None:
     out = io.StringIO()
-    progress = Progress(10, stream=out)  # a StringIO is not a terminal
-    assert not progress.enabled
+    clock = FakeClock()
+    progress = Progress(10, stream=out, enabled=False, clock=clock)
+    clock.now += 60
     progress.update(5, 1)
     progress.close()
     assert out.getvalue() == ""
 
 
-def test_progress_redraws_at_most_ten_times_a_second() -> None:
+def test_progress_bar_redraws_at_most_ten_times_a_second() -> None:
     out = io.StringIO()
     clock = FakeClock()
     progress = Progress(200, stream=out, enabled=True, clock=clock)
@@ -135,8 +150,8 @@ def test_progress_redraws_at_most_ten_times_a_second() -> None:
     progress.update(100, 2)
     draws = out.getvalue().split("\r\x1b[K")[1:]
     assert draws == [
-        " 25%  50/200 tasks  50 tasks/s",
-        " 50%  100/200 tasks  90 tasks/s  2 failed",
+        "[######..................]   25%  50/200  50 tasks/s  ETA 3s",
+        "[############............]   50%  100/200  90 tasks/s  ETA 1s  2 failed",
     ]
     progress.close()
     assert out.getvalue().endswith("\r\x1b[K")
