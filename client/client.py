@@ -22,7 +22,7 @@ from typing import Any, Self
 
 import structlog
 
-from client.connection import Connection
+from client.connection import Connection, client_tls_context
 from client.errors import ClientError, format_address
 from client.reconnect import NO_RECONNECT, Link, ReconnectPolicy, is_transient
 from client.submitting import Submitter
@@ -84,6 +84,8 @@ class Client:
         max_frame: int = DEFAULT_MAX_FRAME,
         connect_timeout: float = 10.0,
         token: str | None = None,
+        tls_ca: str | None = None,
+        tls: bool = False,
         client_name: str = CLIENT_NAME,
         reconnect: bool = True,
         reconnect_timeout_s: float = DEFAULT_RECONNECT_TIMEOUT_S,
@@ -94,6 +96,8 @@ class Client:
         self.max_frame = max_frame
         self.connect_timeout = connect_timeout
         self.token = token
+        # TLS when a CA file is given (a self-signed scheduler) or tls=True (system CAs).
+        self.ssl = client_tls_context(tls_ca) if (tls_ca or tls) else None
         self.client_name = client_name
         if reconnect_policy is None:
             reconnect_policy = (
@@ -113,6 +117,8 @@ class Client:
         max_frame: int = DEFAULT_MAX_FRAME,
         connect_timeout: float = 10.0,
         token: str | None = None,
+        tls_ca: str | None = None,
+        tls: bool = False,
         reconnect: bool = True,
         reconnect_timeout_s: float = DEFAULT_RECONNECT_TIMEOUT_S,
         reconnect_policy: ReconnectPolicy | None = None,
@@ -124,6 +130,8 @@ class Client:
             max_frame=max_frame,
             connect_timeout=connect_timeout,
             token=token,
+            tls_ca=tls_ca,
+            tls=tls,
             reconnect=reconnect,
             reconnect_timeout_s=reconnect_timeout_s,
             reconnect_policy=reconnect_policy,
@@ -138,6 +146,7 @@ class Client:
             max_frame=self.max_frame,
             connect_timeout=self.connect_timeout,
             token=self.token,
+            ssl=self.ssl,
             client_name=self.client_name,
         )
 

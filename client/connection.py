@@ -17,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import ssl as ssl_module
 from typing import Any
 
 from client.errors import ClientError, ConnectError, ConnectionLost, format_address, os_reason
+from protocol.auth import key_id, prove
 from protocol.errors import FrameError, FrameTooLarge, RemoteError
 from protocol.framing import FrameReader, encode_frame
 from protocol.messages import PROTOCOL_VERSION
@@ -44,6 +46,7 @@ class Connection:
         connect_timeout: float,
         token: str | None,
         client_name: str,
+        ssl: ssl_module.SSLContext | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -51,6 +54,8 @@ class Connection:
         self.connect_timeout = connect_timeout
         self.token = token
         self.client_name = client_name
+        self.ssl = ssl
+        self.user: str | None = None  # the user the scheduler pinned our token to
         self.server: str | None = None
         self.server_version: int | None = None
         self.lost: str | None = None  # why the connection is unusable, once it is
@@ -85,10 +90,22 @@ class Connection:
         timeout = self.connect_timeout if timeout is None else timeout
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port, limit=1 << 20), timeout
+                asyncio.open_connection(
+                    self.host,
+                    self.port,
+                    limit=1 << 20,
+                    ssl=self.ssl,
+                    server_hostname=self.host if self.ssl else None,
+                ),
+                timeout,
             )
         except TimeoutError as exc:
             raise ConnectError(self.host, self.port, f"timed out after {timeout:g}s") from exc
+        except ssl_module.SSLError as exc:
+            detail = getattr(exc, "verify_message", None) or exc.reason or str(exc)
+            raise ConnectError(
+                self.host, self.port, f"TLS handshake failed: {exc.reason}: {detail}"
+            ) from exc
         except OSError as exc:
             raise ConnectError(self.host, self.port, os_reason(exc)) from exc
         self._writer = writer
@@ -101,10 +118,20 @@ class Connection:
             "version": PROTOCOL_VERSION,
             "client": self.client_name,
         }
-        if self.token is not None:
-            hello["token"] = self.token
+        key = key_id(self.token) if self.token is not None else None
+        if key is not None:
+            hello["key"] = key  # names the secret; the secret itself never leaves here
         try:
             reply = await asyncio.wait_for(self.request(hello), timeout)
+            challenge = reply.get("challenge")
+            if challenge is not None:
+                if self.token is None or key is None:
+                    raise ConnectError(
+                        self.host, self.port, "the scheduler requires a token (TASKMILL_TOKEN)"
+                    )
+                mac = prove(self.token, str(challenge), key)
+                answer = await asyncio.wait_for(self.request({"op": "auth", "mac": mac}), timeout)
+                self.user = answer.get("user")
         except TimeoutError as exc:
             await self.close()
             raise ConnectError(self.host, self.port, "no reply to hello") from exc
@@ -265,3 +292,11 @@ class Connection:
 
     def close_stream(self, rid: int) -> None:
         self._streams.pop(rid, None)
+
+
+def client_tls_context(ca_file: str | None) -> ssl_module.SSLContext:
+    """Verify the scheduler's certificate against ``ca_file`` (or the system's CAs)."""
+    try:
+        return ssl_module.create_default_context(cafile=ca_file)
+    except (OSError, ssl_module.SSLError) as exc:
+        raise ClientError(f"cannot load the TLS CA file {ca_file}: {exc}") from exc

@@ -57,6 +57,10 @@ class IncompleteFrame(FrameError):
     """The stream ended in the middle of a frame (header or body)."""
 
 
+class FrameTimeout(FrameError):
+    """A frame was started but not finished in time (a slow or stalled sender)."""
+
+
 class DecodeError(FrameError):
     """A complete frame whose body is not valid msgpack."""
 

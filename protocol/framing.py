@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from protocol.codec import pack, unpack
-from protocol.errors import FrameTooLarge, IncompleteFrame
+from protocol.errors import FrameTimeout, FrameTooLarge, IncompleteFrame
 
 HEADER = struct.Struct(">I")
 HEADER_SIZE = HEADER.size
@@ -97,23 +97,50 @@ class FrameReader:
 
     ``await read()`` returns the next message, or ``None`` at a clean end of stream.
     Many small frames arriving together are decoded from one ``read()`` call.
+    With ``partial_timeout_s``, a frame must be complete that long after its first
+    byte arrived (slowloris); an idle connection between frames may wait forever.
     """
 
-    def __init__(self, reader: asyncio.StreamReader, *, max_size: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        *,
+        max_size: int = DEFAULT_MAX_FRAME,
+        partial_timeout_s: float | None = None,
+    ) -> None:
         self._reader = reader
         self._decoder = FrameDecoder(max_size=max_size)
         self._ready: list[Any] = []
         self._index = 0
+        self._partial_timeout_s = partial_timeout_s
+        self._partial_since: float | None = None
+
+    async def _read_chunk(self) -> bytes:
+        if self._partial_timeout_s is None or not self._decoder.pending:
+            self._partial_since = None
+            return await self._reader.read(READ_CHUNK)
+        loop = asyncio.get_running_loop()
+        if self._partial_since is None:
+            self._partial_since = loop.time()
+        left = self._partial_timeout_s - (loop.time() - self._partial_since)
+        try:
+            return await asyncio.wait_for(self._reader.read(READ_CHUNK), max(0.0, left))
+        except TimeoutError:
+            raise FrameTimeout(
+                f"a frame was started but not finished within {self._partial_timeout_s:g} s"
+            ) from None
 
     async def read(self) -> Any | None:
         while self._index >= len(self._ready):
-            data = await self._reader.read(READ_CHUNK)
+            data = await self._read_chunk()
             if not data:
                 self._decoder.check_eof()
                 return None
             self._decoder.feed(data)
             self._ready = list(self._decoder.frames())
             self._index = 0
+            if self._ready:
+                self._partial_since = None  # progress: the clock restarts for the next frame
         msg = self._ready[self._index]
         self._index += 1
         return msg

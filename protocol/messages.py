@@ -31,7 +31,15 @@ class Hello:
     rid: int
     version: int
     client: str = ""
-    token: str | None = None
+    key: str | None = None  # protocol.auth.key_id of the client's secret, if it has one
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class Auth:
+    """The answer to a ``hello`` challenge: ``mac = protocol.auth.prove(...)``."""
+
+    rid: int
+    mac: str
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -79,7 +87,7 @@ class Ping:
     rid: int
 
 
-Request = Hello | Submit | Results | Status | Cancel | Stats | Ping
+Request = Hello | Auth | Submit | Results | Status | Cancel | Stats | Ping
 
 
 # --- field checks ----------------------------------------------------------------------
@@ -282,7 +290,7 @@ def _parse_hello(msg: dict[str, Any], rid: int) -> Hello:
         raise _fail(
             rid, ErrorCode.INVALID_FIELD, f"client must be a string, got {_type_name(client)}"
         )
-    return Hello(rid=rid, version=version, client=client, token=_opt_str(msg, "token", rid))
+    return Hello(rid=rid, version=version, client=client, key=_opt_str(msg, "key", rid, max_len=64))
 
 
 def _parse_submit(msg: dict[str, Any], rid: int) -> Submit:
@@ -326,6 +334,7 @@ def _parse_cancel(msg: dict[str, Any], rid: int) -> Cancel:
 
 _PARSERS: dict[str, Callable[[dict[str, Any], int], Request]] = {
     "hello": _parse_hello,
+    "auth": lambda msg, rid: Auth(rid=rid, mac=_str(msg, "mac", rid, max_len=128)),
     "submit": _parse_submit,
     "results": _parse_results,
     "status": _parse_status,

@@ -10,13 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import ssl
 import time
 from collections.abc import Coroutine, Iterable
 from typing import Any
 
 import structlog
 
+from protocol.auth import TokenBook
 from protocol.aws import AwsError, AwsSettings
+from protocol.errors import ErrorCode
+from protocol.framing import encode_frame
+from protocol.messages import error_reply
 from protocol.model import TaskState
 from scheduler.dispatch import Dispatcher
 from scheduler.errors import SchedulerError
@@ -27,6 +32,7 @@ from scheduler.records import Job
 from scheduler.recovery import restore
 from scheduler.remote import RemoteBackend
 from scheduler.retry import RetryPolicy
+from scheduler.security import load_tokens, tls_context
 from scheduler.server import ResultStream, Session
 from scheduler.settings import SchedulerSettings, WorkerGroup
 from scheduler.state import TaskTable
@@ -44,6 +50,8 @@ class Scheduler:
         self.aws = aws or AwsSettings()
         self.remote: RemoteBackend | None = None
         self.sampler = Sampler()
+        self.tokens = TokenBook()
+        self._ssl: ssl.SSLContext | None = None
         self.monitor: Monitor | None = None
         path = settings.journal_path
         self.journal: Journal | MemoryJournal = Journal(path) if path else MemoryJournal()
@@ -77,6 +85,7 @@ class Scheduler:
 
         Raises :class:`SchedulerError` when any of it fails.
         """
+        self._check_security()
         try:
             replay = self.journal.open()
         except JournalError as exc:
@@ -101,7 +110,11 @@ class Scheduler:
             await self._start_remote()
         try:
             self._server = await asyncio.start_server(
-                self._on_connect, self.settings.host, self.settings.port, limit=1 << 20
+                self._on_connect,
+                self.settings.host,
+                self.settings.port,
+                limit=1 << 20,
+                ssl=self._ssl,
             )
         except OSError as exc:
             await self.close()
@@ -128,6 +141,11 @@ class Scheduler:
             local_workers=len(workers),
             handlers=sorted(self.table.known_handlers or ()),
         )
+
+    def _check_security(self) -> None:
+        """Before anything starts: bad tokens or certificates fail fast."""
+        self.tokens = load_tokens(self.settings)
+        self._ssl = tls_context(self.settings)
 
     async def _start_remote(self) -> None:
         scheduler_id, ephemeral = self._scheduler_id()
@@ -253,6 +271,19 @@ class Scheduler:
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.closing:
+            writer.close()
+            return
+        if len(self.sessions) >= self.settings.max_connections:
+            log.warning("connection refused: too many clients", limit=self.settings.max_connections)
+            writer.write(
+                encode_frame(
+                    error_reply(
+                        None,
+                        ErrorCode.QUOTA,
+                        f"too many connections (limit {self.settings.max_connections})",
+                    )
+                )
+            )
             writer.close()
             return
         session = Session(self, reader, writer)

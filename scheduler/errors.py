@@ -27,6 +27,12 @@ class UnknownHandler(SchedulerError):
     code = ErrorCode.UNKNOWN_HANDLER
 
 
+class AuthFailed(SchedulerError):
+    """Not authenticated, or not allowed: the connection is closed after the reply."""
+
+    code = ErrorCode.AUTH
+
+
 class ShuttingDown(SchedulerError):
     code = ErrorCode.SHUTTING_DOWN
 

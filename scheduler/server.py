@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from protocol.auth import new_challenge
 from protocol.errors import ErrorCode, FrameError, FrameTooLarge, ValidationError
 from protocol.framing import FrameReader, encode_frame
 from protocol.messages import (
     PROTOCOL_VERSION,
     REQUEST_OPS,
+    Auth,
     Cancel,
     Hello,
     Ping,
@@ -33,7 +35,8 @@ from protocol.messages import (
     reply,
     results_frame,
 )
-from scheduler.errors import QuotaExceeded, SchedulerError, ShuttingDown
+from protocol.model import DEFAULT_USER
+from scheduler.errors import AuthFailed, QuotaExceeded, SchedulerError, ShuttingDown
 
 if TYPE_CHECKING:
     from scheduler.app import Scheduler
@@ -65,7 +68,15 @@ class Session:
     ) -> None:
         self.app = app
         self.max_frame = app.settings.max_frame_bytes
-        self.reader = FrameReader(reader, max_size=self.max_frame)
+        self.reader = FrameReader(
+            reader, max_size=self.max_frame, partial_timeout_s=app.settings.read_timeout_s
+        )
+        # Authentication: with no tokens configured every session is trusted.
+        self.authenticated = not app.tokens
+        self.user: str | None = None  # the user a token pins this session to
+        self._challenge: str | None = None
+        self._key: str | None = None
+        self._hang_up = False  # set after an auth failure: reply, then close
         self.writer = writer
         self.peer = writer.get_extra_info("peername")
         self.streams: list[ResultStream] = []
@@ -74,6 +85,7 @@ class Session:
         self._closed = False
         self._handlers: dict[str, Callable[[Any], None]] = {
             "hello": self.on_hello,
+            "auth": self.on_auth,
             "submit": self.on_submit,
             "results": self.on_results,
             "status": self.on_status,
@@ -93,6 +105,8 @@ class Session:
                 if msg is None:
                     break
                 self.handle(msg)
+                if self._hang_up:
+                    break
                 if self.writer.transport.get_write_buffer_size() > HIGH_WATER:
                     # Backpressure: a client that does not read stops being read.
                     await self.writer.drain()
@@ -112,7 +126,13 @@ class Session:
             return
         op = msg["op"]
         try:
+            if not self.authenticated and op not in ("hello", "auth"):
+                raise AuthFailed(f"authenticate first: {op} needs a session that passed auth")
             self._handlers[op](request)
+        except AuthFailed as exc:
+            log.warning("authentication failed", peer=self.peer, error=str(exc))
+            self.send(error_reply(request.rid, exc.code, str(exc)))
+            self._hang_up = True
         except SchedulerError as exc:
             self.send(error_reply(request.rid, exc.code, str(exc)))
         except Exception as exc:  # a bug must not take the server down
@@ -153,12 +173,44 @@ class Session:
                 )
             )
             return
-        self.send(reply("hello", req.rid, version=PROTOCOL_VERSION, server=SERVER_NAME))
+        if self.authenticated:
+            self.send(reply("hello", req.rid, version=PROTOCOL_VERSION, server=SERVER_NAME))
+            return
+        if req.key is None:
+            raise AuthFailed("this scheduler requires a token (--token-file or TASKMILL_TOKEN)")
+        self._key = req.key
+        self._challenge = new_challenge()
+        self.send(
+            reply(
+                "hello",
+                req.rid,
+                version=PROTOCOL_VERSION,
+                server=SERVER_NAME,
+                challenge=self._challenge,
+            )
+        )
+
+    def on_auth(self, req: Auth) -> None:
+        if self.authenticated and self._challenge is None:
+            self.send(reply("auth", req.rid, user=self.user))
+            return
+        if self._challenge is None or self._key is None:
+            raise AuthFailed("auth must answer the challenge of a hello")
+        identity = self.app.tokens.verify(self._key, self._challenge, req.mac)
+        self._challenge = None  # one answer per challenge
+        if identity is None:
+            raise AuthFailed("authentication failed: unknown token or wrong answer")
+        self.authenticated = True
+        self.user = identity.user
+        log.info("client authenticated", peer=self.peer, user=identity.user)
+        self.send(reply("auth", req.rid, user=identity.user))
 
     def on_submit(self, req: Submit) -> None:
         app = self.app
         if app.closing:
             raise ShuttingDown("the scheduler is shutting down and accepts no new tasks")
+        if self.user is not None:
+            self._pin_user(req)
         limit = app.settings.max_tasks_per_submit
         if len(req.tasks) > limit:
             raise QuotaExceeded(
@@ -186,6 +238,17 @@ class Session:
         app.journal.after_commit(acknowledge)
         if req.final:
             app.job_progress((job,))
+
+    def _pin_user(self, req: Submit) -> None:
+        """A token with a user may only queue work as that user."""
+        user = self.user
+        assert user is not None
+        for task in req.tasks:
+            if task.user == user:
+                continue
+            if task.user != DEFAULT_USER:
+                raise AuthFailed(f"this token may only submit as user {user!r}, not {task.user!r}")
+            task.user = user
 
     def on_results(self, req: Results) -> None:
         job = self.app.table.job(req.job)

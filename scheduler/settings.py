@@ -89,6 +89,15 @@ class SchedulerSettings:
     monitor_host: str = "127.0.0.1"
     monitor_port: int = 7071
     stuck_after_s: float = 60.0  # queued work and nothing finished this long: unhealthy
+    # Security: a shared secret (TASKMILL_TOKEN) and/or a tokens file ("TOKEN [USER]"
+    # lines); listening beyond loopback without one needs insecure=True.
+    token: str = ""
+    token_file: str = ""
+    insecure: bool = False
+    tls_cert: str = ""
+    tls_key: str = ""
+    max_connections: int = 1000
+    read_timeout_s: float = 30.0  # a started frame must be complete within this
     log_level: str = "info"
     log_format: str = "auto"  # auto | json | console
 
