@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import emit, start_scheduler, stop_scheduler  # noqa: E402
-from client.client import Client  # noqa: E402
+from bench.common import emit, start_scheduler, stop_scheduler
+from client.client import Client
 
 
 def rss_mb(pid: int) -> float:
