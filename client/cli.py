@@ -5,12 +5,15 @@
     taskmill run -w WORKLOAD [-lw SPEC] [--handlers MOD] [--output F] [--json]
     taskmill workload-gen NB_TASKS SLEEP_MS [-o FILE]
     taskmill submit|status|results|cancel -s HOST:PORT ...
+    taskmill worker -s QUEUE -t N [-i IDLE_SECONDS] [--handlers MOD]   (client/aws_commands.py)
+    taskmill init-aws
 
 ``taskmill scheduler --help`` lists every setting; a flag left out is ``None`` here, so
 the environment (``TASKMILL_*``) or the ``--config`` file can supply it.
 
 This module is the composition root: scheduler code is imported only when the
-``scheduler`` or ``run`` command runs.
+``scheduler`` or ``run`` command runs, worker and AWS code only for ``worker`` and
+``init-aws``.
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from client import commands
+from client import aws_commands, commands
 from client.address import DEFAULT_PORT, AddressError, parse_address
 from client.client import DEFAULT_BATCH_SIZE, DEFAULT_RECONNECT_TIMEOUT_S
+from client.daemon_options import add_daemon_options, daemon_overrides
 from client.errors import ClientError, ConnectionLost
+from client.provision_commands import add_provision_commands
 from client.workload import FORMATS
 from protocol.errors import ProtocolError, RemoteError
 from protocol.messages import MAX_ATTEMPTS_LIMIT
@@ -134,6 +139,13 @@ def _add_server(p: argparse.ArgumentParser) -> None:
         help="how long to try to reconnect after a lost connection "
         f"(default: {DEFAULT_RECONNECT_TIMEOUT_S:g})",
     )
+    p.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="read the token from FILE (first word of the first line); default: $TASKMILL_TOKEN",
+    )
+    p.add_argument("--tls-ca", metavar="PEM", help="connect with TLS, trusting this CA file")
+    p.add_argument("--tls", action="store_true", help="connect with TLS (system CAs)")
 
 
 def _add_workload(p: argparse.ArgumentParser) -> None:
@@ -256,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", "-s", type=_port, help=f"port to listen on (default: {DEFAULT_PORT})")
     _add_scheduler_options(p, daemon=True)
+    add_daemon_options(p)
     p.add_argument("--config", metavar="FILE.toml", help="settings file (TOML)")
     p.add_argument("--log-format", choices=("auto", "json", "console"))
     p.add_argument("--log-level", type=str.lower, choices=("debug", "info", "warning", "error"))
@@ -308,6 +321,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", metavar="ID", help="a job id or a task id")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cancel)
+
+    p = sub.add_parser(
+        "health", help="warn and exit 1 if the scheduler has no workers, is stuck or lost AWS"
+    )
+    _add_server(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=lambda a: commands.cmd_health(_server(a), as_json=a.json))
+
+    aws_commands.add_parsers(sub)
+    add_provision_commands(sub)
     return parser
 
 
@@ -334,7 +357,13 @@ def _settings(a: argparse.Namespace) -> dict[str, Any]:
 def _server(a: argparse.Namespace) -> commands.Server:
     host, port = a.server
     return commands.Server(
-        host, port, reconnect=a.reconnect, reconnect_timeout_s=a.reconnect_timeout
+        host,
+        port,
+        reconnect=a.reconnect,
+        reconnect_timeout_s=a.reconnect_timeout,
+        token=commands.read_token(a.token_file),
+        tls_ca=a.tls_ca,
+        tls=a.tls,
     )
 
 
@@ -349,14 +378,16 @@ def _defaults(a: argparse.Namespace) -> commands.TaskDefaults:
 
 
 def _scheduler(a: argparse.Namespace) -> int:
+    extra, aws = daemon_overrides(a)
     settings = {
         **_settings(a),
+        **extra,
         "host": a.host,
         "port": a.port,
         "log_format": a.log_format,
         "log_level": a.log_level,
     }
-    return commands.cmd_scheduler(settings=settings, config=a.config)
+    return commands.cmd_scheduler(settings=settings, aws=aws, config=a.config)
 
 
 def _client(a: argparse.Namespace) -> int:

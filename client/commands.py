@@ -34,6 +34,7 @@ EXIT_OK = 0
 EXIT_TASKS_FAILED = 1
 EXIT_USAGE = 2
 EXIT_CONNECTION_LOST = 3
+EXIT_UNHEALTHY = 1
 FAILURES_SHOWN = 3
 
 
@@ -49,6 +50,9 @@ class Server:
     port: int
     reconnect: bool = True
     reconnect_timeout_s: float = DEFAULT_RECONNECT_TIMEOUT_S
+    token: str | None = None
+    tls_ca: str | None = None
+    tls: bool = False
 
     def client(self) -> Client:
         return Client(
@@ -56,7 +60,25 @@ class Server:
             self.port,
             reconnect=self.reconnect,
             reconnect_timeout_s=self.reconnect_timeout_s,
+            token=self.token,
+            tls_ca=self.tls_ca,
+            tls=self.tls,
         )
+
+
+def read_token(path: str | None) -> str | None:
+    """The client's secret: the first word of ``path``, else ``$TASKMILL_TOKEN``."""
+    if path is None:
+        return os.environ.get("TASKMILL_TOKEN") or None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                words = line.split("#", 1)[0].split()
+                if words:
+                    return words[0]
+    except OSError as exc:
+        raise CommandError(f"cannot read the token file {path}: {os_reason(exc)}") from None
+    raise CommandError(f"the token file {path} holds no token")
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,21 +282,29 @@ def cmd_run(
     return report(summary, as_json=as_json)
 
 
-def cmd_scheduler(*, settings: Mapping[str, Any] | None = None, config: str | None = None) -> int:
+def cmd_scheduler(
+    *,
+    settings: Mapping[str, Any] | None = None,
+    aws: Mapping[str, Any] | None = None,
+    config: str | None = None,
+) -> int:
     """``taskmill scheduler``: the daemon, until SIGINT/SIGTERM.
 
-    ``settings`` are the flags given (``None``: not given, so the environment or the
-    ``config`` file supplies the value).
+    ``settings`` and ``aws`` are the flags given (``None``: not given, so the
+    environment or the ``config`` file, its top level and its ``[aws]`` table,
+    supplies the value).
     """
+    from protocol.aws import AwsSettings
     from protocol.config import load
     from scheduler.main import serve
     from scheduler.settings import SchedulerSettings
 
     try:
         scheduler_settings = load(SchedulerSettings, overrides=settings, toml_path=config)
+        aws_settings = load(AwsSettings, overrides=aws, toml_path=config, section="aws")
     except (ConfigError, ValueError) as exc:
         raise CommandError(f"bad scheduler settings: {exc}") from None
-    return serve(scheduler_settings)
+    return serve(scheduler_settings, aws_settings)
 
 
 def cmd_workload_gen(nb_tasks: int, sleep_ms: str, *, output: str | None = None) -> int:
@@ -423,3 +453,41 @@ def cmd_cancel(server: Server, *, id: str, as_json: bool = False) -> int:
     else:
         print(f"cancelled {cancelled} task{'s' if cancelled != 1 else ''} of {id}")
     return EXIT_OK
+
+
+def cmd_health(server: Server, *, as_json: bool = False) -> int:
+    """``taskmill health``: warn and exit 1 when the scheduler is unhealthy.
+
+    The scheduler decides (no workers, a stuck queue, AWS unreachable); this prints
+    its reasons, like the seed's "LB HAS NO WORKERS" warning, made useful.
+    """
+    configure_client_logging()
+
+    async def go() -> dict[str, Any]:
+        async with server.client() as client:
+            return await client.stats()
+
+    stats = run_async(go())
+    problems: list[str] = list(stats.get("health") or [])
+    workers = stats.get("workers") or []
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "ok": not problems,
+                    "problems": problems,
+                    "workers": len(workers),
+                    "queued": stats.get("queued"),
+                    "running": stats.get("running"),
+                }
+            )
+        )
+    elif problems:
+        for problem in problems:
+            print(f"taskmill: WARNING: {problem}", file=sys.stderr)
+    else:
+        print(
+            f"healthy: {len(workers)} workers, {stats.get('queued', 0)} queued, "
+            f"{stats.get('running', 0)} running, {stats.get('finished', 0)} finished"
+        )
+    return EXIT_UNHEALTHY if problems else EXIT_OK

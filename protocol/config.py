@@ -107,6 +107,8 @@ def load(
         if section is not None:
             data = data.get(section, {})
         for key, value in data.items():
+            if section is None and isinstance(value, dict):
+                continue  # a table: another component's section, such as [aws]
             name = key.replace("-", "_")
             if name not in fields:
                 raise ConfigError(f"settings file {path}: unknown setting {key!r}")

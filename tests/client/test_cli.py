@@ -228,9 +228,11 @@ def test_scheduler_command_builds_settings(tmp_path: Path, monkeypatch: pytest.M
     import scheduler.main
 
     seen: list[Any] = []
+    aws_seen: list[Any] = []
 
-    def fake_serve(settings: Any) -> int:
+    def fake_serve(settings: Any, aws: Any = None) -> int:
         seen.append(settings)
+        aws_seen.append(aws)
         return 0
 
     monkeypatch.setattr(scheduler.main, "serve", fake_serve)
@@ -252,9 +254,11 @@ def test_scheduler_flags_reach_the_settings(monkeypatch: pytest.MonkeyPatch) -> 
     import scheduler.main
 
     seen: list[Any] = []
+    aws_seen: list[Any] = []
 
-    def fake_serve(settings: Any) -> int:
+    def fake_serve(settings: Any, aws: Any = None) -> int:
         seen.append(settings)
+        aws_seen.append(aws)
         return 0
 
     monkeypatch.setattr(scheduler.main, "serve", fake_serve)
@@ -271,9 +275,25 @@ def test_scheduler_flags_reach_the_settings(monkeypatch: pytest.MonkeyPatch) -> 
         *("--retry-backoff", "0.5"),
         *("--retry-backoff-max", "8"),
         *("--kill-grace", "1.5"),
+        "-rw",
+        *("--aws-endpoint-url", "http://127.0.0.1:5000"),
+        *("--request-queue", "jobs"),
+        *("--monitor-port", "9100"),
+        *("--token-file", "/etc/taskmill/tokens"),
+        *("--tls-cert", "c.pem", "--tls-key", "k.pem"),
+        *("--max-connections", "10", "--read-timeout", "5"),
     ]
     assert main(argv) == 0
     (s,) = seen
+    (aws,) = aws_seen
+    assert s.remote is True and s.monitor_port == 9100 and s.token_file == "/etc/taskmill/tokens"
+    assert (s.tls_cert, s.tls_key, s.max_connections, s.read_timeout_s) == (
+        "c.pem",
+        "k.pem",
+        10,
+        5.0,
+    )
+    assert (aws.aws_endpoint_url, aws.request_queue) == ("http://127.0.0.1:5000", "jobs")
     assert s.local_workers == "4,2:10-99" and [g.count for g in s.worker_groups] == [4, 2]
     assert (s.worker_groups[1].min_p, s.worker_groups[1].max_p) == (10, 99)
     assert (s.max_queued_per_user, s.state_dir) == (50, "/var/lib/tm")
