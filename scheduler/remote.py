@@ -136,6 +136,11 @@ class RemoteBackend:
                     Attributes={"MessageRetentionPeriod": str(4 * 24 * 3600)},
                 )
             )["QueueUrl"]
+        try:
+            # Size the first bundles for the fleet that is already there.
+            self.fleet_slots = await self._count_slots()
+        except AwsError as exc:
+            raise AwsError(f"{exc} (the workers table {aws.workers_table!r})") from exc
         for coro in (self._send_loop(), self._receive_loop(), self._fleet_loop()):
             task = asyncio.get_running_loop().create_task(coro)
             self._tasks.add(task)
@@ -359,11 +364,11 @@ class RemoteBackend:
     async def _fleet_loop(self) -> None:
         """Refresh the number of live worker slots, which sizes bundles and the in-flight cap."""
         while True:
+            await asyncio.sleep(FLEET_REFRESH_S)  # periodic refresh
             try:
                 self.fleet_slots = await self._count_slots()
             except AwsError as exc:
                 log.warning("cannot read the workers table", error=str(exc))
-            await asyncio.sleep(FLEET_REFRESH_S)  # periodic refresh
 
     async def _count_slots(self) -> int:
         slots = 0
