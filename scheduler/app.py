@@ -159,6 +159,7 @@ class Scheduler:
             min_inflight=self.settings.remote_min_inflight,
             delete_reply_queue_on_close=ephemeral,
             receive_wait_s=self.settings.reply_wait_s,
+            max_bundle_tasks=self.settings.max_bundle_tasks,
         )
         try:
             await self.remote.start()

@@ -51,20 +51,22 @@ BATCH_BYTES = SQS_MAX_BODY  # SendMessageBatch's limit on the whole batch
 RETRY_MAX_S = 30.0
 
 
-def bundle_size(backlog: int, fleet_slots: int, avg_runtime_s: float | None) -> int:
+def bundle_size(
+    backlog: int, fleet_slots: int, avg_runtime_s: float | None, limit: int = MAX_BUNDLE_TASKS
+) -> int:
     """Tasks per bundle: pure policy.
 
     - spread: at least two bundles per known worker slot, so the backlog reaches every
       slot and the tail of a workload is not stuck in one bundle;
     - duration: once task durations are known, about ``BUNDLE_SECONDS`` of work per
       bundle (a bundle of long tasks is one task);
-    - at most ``MAX_BUNDLE_TASKS``; the message size limit is enforced on top.
+    - at most ``limit`` (1 turns bundling off); the message size limit applies on top.
     """
     spread = math.ceil(backlog / (2 * max(1, fleet_slots)))
-    by_time = MAX_BUNDLE_TASKS
+    by_time = limit
     if avg_runtime_s is not None and avg_runtime_s > 0:
         by_time = max(1, int(BUNDLE_SECONDS / avg_runtime_s))
-    return max(1, min(MAX_BUNDLE_TASKS, spread, by_time))
+    return max(1, min(limit, spread, by_time))
 
 
 def new_bundle_id() -> str:
@@ -86,6 +88,7 @@ class RemoteBackend:
         min_inflight: int = 10_000,
         delete_reply_queue_on_close: bool = False,
         receive_wait_s: int = RECEIVE_WAIT_S,
+        max_bundle_tasks: int = MAX_BUNDLE_TASKS,
     ) -> None:
         self.aws = aws
         self.table = table
@@ -107,6 +110,7 @@ class RemoteBackend:
         self._avg_runtime = avg_runtime
         self._delete_reply_queue = delete_reply_queue_on_close
         self._receive_wait_s = receive_wait_s
+        self.max_bundle_tasks = max_bundle_tasks
         self._outbox: list[TaskRecord] = []
         self._outbox_ready = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -207,7 +211,7 @@ class RemoteBackend:
 
     def _make_bundles(self, recs: list[TaskRecord]) -> list[tuple[str, list[TaskRecord], str]]:
         backlog = len(recs) + self.table.queued_total
-        size = bundle_size(backlog, self.fleet_slots, self._avg_runtime())
+        size = bundle_size(backlog, self.fleet_slots, self._avg_runtime(), self.max_bundle_tasks)
         out: list[tuple[str, list[TaskRecord], str]] = []
         now = time.time()
         for start in range(0, len(recs), size):

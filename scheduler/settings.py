@@ -85,6 +85,7 @@ class SchedulerSettings:
     scheduler_id: str = ""  # names the reply queue; default: kept in the state dir
     remote_min_inflight: int = 10_000  # tasks in SQS at least, so an empty fleet can scale
     reply_wait_s: int = 20  # long-poll wait on the reply queue (SQS allows 0-20)
+    max_bundle_tasks: int = 1000  # tasks per SQS message at most; 1 turns bundling off
     # The web monitor, /metrics and /healthz; a negative port turns them off.
     monitor_host: str = "127.0.0.1"
     monitor_port: int = 7071
