@@ -40,6 +40,8 @@ def configure_logging(level: str = "info", fmt: str = "auto", *, stream: Any = N
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level.lower()]),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        # One write per line (print() makes two): processes sharing a stderr pipe, such as
+        # a worker daemon and its worker processes, never splice each other's lines.
+        logger_factory=structlog.WriteLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )

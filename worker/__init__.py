@@ -1,4 +1,5 @@
-"""Task execution: the shell runner, the handler registry and runner, the worker process.
+"""Task execution: the shell runner, the handler registry and runner, the worker process,
+the process pool, and the remote worker daemon (`taskmill worker`, :mod:`worker.daemon`).
 
 ``from worker import handler`` is the one name user code needs.
 """

@@ -46,3 +46,12 @@ class DuplicateHandler(WorkerError):
         super().__init__(
             f"handler name {name!r} is already registered to {existing}; cannot register {new}"
         )
+
+
+class ProcessStartError(WorkerError):
+    """A ``worker.process`` subprocess could not start or did not report ready."""
+
+
+class DaemonStartError(WorkerError):
+    """The remote worker daemon cannot start: a missing queue or table, bad credentials,
+    an unreachable endpoint, a handler module that does not import. One line, for humans."""

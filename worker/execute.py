@@ -54,6 +54,11 @@ def cancelled_result(
     return _result(task, worker_id, _CANCELLED, error=error)
 
 
+def failed_result(task: dict[str, Any], *, worker_id: str, error: str) -> dict[str, Any]:
+    """The result of a task that could not finish, e.g. its worker process died under it."""
+    return _result(task, worker_id, _FAILED, error=error)
+
+
 def execute(
     task: dict[str, Any],
     *,
