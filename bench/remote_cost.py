@@ -155,7 +155,11 @@ def main() -> None:
     for final in finals:
         for key, n in (final.get("aws_requests") or {}).items():
             worker_requests[key] = worker_requests.get(key, 0) + n
-        ddb_units += float(final.get("ddb_write_units") or 0)
+        # moto reports no ConsumedCapacity for UpdateItem: use the worker's own
+        # estimate from item sizes (one unit per KiB written, as DynamoDB bills).
+        ddb_units += float(
+            final.get("tasks_table_write_units_est") or final.get("ddb_write_units") or 0
+        )
     every = {**sched_requests}
     for key, n in worker_requests.items():
         every[key] = every.get(key, 0) + n
