@@ -19,7 +19,6 @@ This module is the composition root: scheduler code is imported only when the
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -27,6 +26,10 @@ from typing import Any
 
 from client import aws_commands, commands
 from client.address import DEFAULT_PORT, AddressError, parse_address
+from client.argtypes import non_negative_int as _non_negative
+from client.argtypes import positive_int as _positive
+from client.argtypes import positive_seconds as _positive_seconds
+from client.argtypes import seconds as _seconds
 from client.client import DEFAULT_BATCH_SIZE, DEFAULT_RECONNECT_TIMEOUT_S
 from client.daemon_options import add_daemon_options, daemon_overrides
 from client.errors import ClientError, ConnectionLost
@@ -54,43 +57,6 @@ def _port(text: str) -> int:
     if not text.isdigit() or not 0 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"port must be a number from 0 to 65535, got {text!r}")
     return int(text)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative number of seconds, got {text}")
-    return value
-
-
-def _positive_seconds(text: str) -> float:
-    value = _seconds(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text}")
-    return value
 
 
 def _max_attempts(text: str) -> int:

@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from client.argtypes import non_negative_int as _count
+from client.argtypes import non_negative_number as _number
+from client.argtypes import positive_int as _positive_int
+from client.argtypes import positive_number as _positive
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -31,40 +35,6 @@ PROG = "taskmill provision"
 
 def _error(message: str) -> None:
     print(f"taskmill: error: {message}", file=sys.stderr)
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = _count(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text}")
-    return value
-
-
-def _positive(text: str) -> float:
-    value = _number(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
 
 
 def _words(values: list[str] | None) -> tuple[str, ...] | None:
