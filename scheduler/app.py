@@ -316,7 +316,9 @@ class Scheduler:
 
         def now_durable(error: BaseException | None) -> None:
             if error is not None:
-                return  # not durable: not shown; the journal failure is logged and reported
+                # The results exist but cannot be made durable (a full disk): deliver
+                # them anyway rather than leave clients waiting; health reports it.
+                log.error("results delivered without being journaled", error=str(error))
             watchers = self._watchers
             for job, count in targets:
                 if count > job.durable:
@@ -385,6 +387,7 @@ class Scheduler:
             last_progress=self.sampler.last_progress,
             stuck_after_s=self.settings.stuck_after_s,
             aws_error=remote.aws_error if remote is not None else None,
+            journal_error=str(self.journal.failed) if self.journal.failed else None,
         )
 
     def stats(self) -> dict[str, Any]:

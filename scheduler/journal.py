@@ -292,6 +292,7 @@ class Journal:
             self._loop.call_soon_threadsafe(_run_all, batch.callbacks, exc)
             return
         elapsed = time.perf_counter() - t0
+        self.failed = None  # writing works (again): a freed disk heals the journal
         self.commits += 1
         self.commit_seconds += elapsed
         self.commit_latency.observe(elapsed)
@@ -325,6 +326,7 @@ class MemoryJournal(NoRecorder):
     """
 
     path = None
+    failed: BaseException | None = None
     commits = 0
     commit_seconds = 0.0
     commit_latency = Histogram(COMMIT_BUCKETS)

@@ -98,6 +98,7 @@ def health_problems(
     last_progress: float | None,
     stuck_after_s: float,
     aws_error: str | None,
+    journal_error: str | None = None,
 ) -> list[str]:
     """Why the scheduler is unhealthy; empty when it is fine.
 
@@ -114,4 +115,6 @@ def health_problems(
         )
     if aws_error:
         problems.append(f"AWS is unreachable: {aws_error}")
+    if journal_error:
+        problems.append(f"the journal cannot be written: {journal_error}")
     return problems

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from tests.conftest import REPO_ROOT
@@ -23,7 +23,13 @@ class Daemon:
     reading, so a chatty daemon never blocks on a full pipe, and every event is kept.
     """
 
-    def __init__(self, args: Sequence[str], *, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        args: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
         self.events: list[dict[str, Any]] = []
         self.proc = subprocess.Popen(
             [*TASKMILL, *args, "--log-format", "json"],
@@ -32,6 +38,7 @@ class Daemon:
             stdout=subprocess.DEVNULL,
             text=True,
             env={**(env if env is not None else os.environ), "PYTHONPATH": str(REPO_ROOT)},
+            preexec_fn=preexec_fn,
         )
         self._drain: threading.Thread | None = None
 
@@ -82,9 +89,13 @@ class Daemon:
         return code
 
 
-def start_scheduler(*args: str, env: Mapping[str, str] | None = None) -> tuple[Daemon, int]:
+def start_scheduler(
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+) -> tuple[Daemon, int]:
     """``taskmill scheduler ARGS``; returns the daemon and the port it listens on."""
-    daemon = Daemon(["scheduler", *args], env=env)
+    daemon = Daemon(["scheduler", *args], env=env, preexec_fn=preexec_fn)
     try:
         event = daemon.wait_for("scheduler listening")
     except AssertionError:
