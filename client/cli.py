@@ -353,7 +353,9 @@ def _scheduler(a: argparse.Namespace) -> int:
         "log_format": a.log_format,
         "log_level": a.log_level,
     }
-    return commands.cmd_scheduler(settings=settings, aws=aws, config=a.config)
+    return commands.cmd_scheduler(
+        settings=settings, aws=aws, config=a.config, autoscale=a.autoscale
+    )
 
 
 def _client(a: argparse.Namespace) -> int:

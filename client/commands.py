@@ -287,6 +287,7 @@ def cmd_scheduler(
     settings: Mapping[str, Any] | None = None,
     aws: Mapping[str, Any] | None = None,
     config: str | None = None,
+    autoscale: bool = False,
 ) -> int:
     """``taskmill scheduler``: the daemon, until SIGINT/SIGTERM.
 
@@ -304,7 +305,18 @@ def cmd_scheduler(
         aws_settings = load(AwsSettings, overrides=aws, toml_path=config, section="aws")
     except (ConfigError, ValueError) as exc:
         raise CommandError(f"bad scheduler settings: {exc}") from None
-    return serve(scheduler_settings, aws_settings)
+    services = []
+    if autoscale:
+        # The CLI composes: the scheduler does not import the provisioner.
+        from provisioner.autoscaler import Autoscaler
+        from provisioner.settings import ProvisionSettings
+
+        try:
+            provision = load(ProvisionSettings, toml_path=config, section="provision")
+            services.append(Autoscaler(aws_settings, provision))
+        except (ConfigError, ValueError) as exc:
+            raise CommandError(f"bad autoscaler settings: {exc}") from None
+    return serve(scheduler_settings, aws_settings, services)
 
 
 def cmd_workload_gen(nb_tasks: int, sleep_ms: str, *, output: str | None = None) -> int:

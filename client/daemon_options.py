@@ -18,6 +18,13 @@ SCHEDULER_FLAGS: tuple[tuple[str, str, Any, str | None, str], ...] = (
         "also send tasks to remote workers through the SQS request queue (alias -rw)",
     ),
     (
+        "--max-bundle-tasks",
+        "max_bundle_tasks",
+        int,
+        "N",
+        "tasks per SQS message at most (1000; 1 turns bundling off)",
+    ),
+    (
         "--scheduler-id",
         "scheduler_id",
         str,
@@ -90,6 +97,12 @@ AWS_FLAGS: tuple[tuple[str, str, Any, str | None, str], ...] = (
 
 def add_daemon_options(p: argparse.ArgumentParser) -> None:
     group = p.add_argument_group("remote workers, monitor, security")
+    group.add_argument(
+        "--autoscale",
+        action="store_true",
+        help="run the EC2 autoscaler in this process (settings: TASKMILL_* and the TOML "
+        "[provision] table, as for `taskmill provision auto`)",
+    )
     for flag, field, kind, metavar, help_text in SCHEDULER_FLAGS + AWS_FLAGS:
         names = [flag, "-rw"] if field == "remote" else [flag]
         if kind is None:

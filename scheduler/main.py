@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Sequence
+from typing import Protocol
 
 import structlog
 import uvloop
@@ -17,7 +19,18 @@ from scheduler.settings import SchedulerSettings
 log = structlog.get_logger("taskmill.scheduler")
 
 
-async def run_until_signalled(settings: SchedulerSettings, aws: AwsSettings | None = None) -> int:
+class Service(Protocol):
+    """Something that runs beside the scheduler in its event loop (the autoscaler)."""
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+async def run_until_signalled(
+    settings: SchedulerSettings,
+    aws: AwsSettings | None = None,
+    services: Sequence[Service] = (),
+) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -28,17 +41,28 @@ async def run_until_signalled(settings: SchedulerSettings, aws: AwsSettings | No
     except SchedulerError as exc:
         log.error("scheduler failed to start", error=str(exc))
         return 3
+    started: list[Service] = []
     try:
+        for service in services:
+            await service.start()
+            started.append(service)
         await stop.wait()
         log.info("shutting down")
+    except Exception as exc:  # a service that cannot start: one clear line, ordered close
+        log.error("a service beside the scheduler failed", error=str(exc))
+        return 3
     finally:
+        for service in reversed(started):
+            await service.close()
         await scheduler.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     return 0
 
 
-def serve(settings: SchedulerSettings, aws: AwsSettings | None = None) -> int:
+def serve(
+    settings: SchedulerSettings, aws: AwsSettings | None = None, services: Sequence[Service] = ()
+) -> int:
     """Configure logging, run on uvloop, return the process exit code."""
     configure_logging(settings.log_level, settings.log_format)
-    return uvloop.run(run_until_signalled(settings, aws))
+    return uvloop.run(run_until_signalled(settings, aws, services))

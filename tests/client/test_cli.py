@@ -230,7 +230,7 @@ def test_scheduler_command_builds_settings(tmp_path: Path, monkeypatch: pytest.M
     seen: list[Any] = []
     aws_seen: list[Any] = []
 
-    def fake_serve(settings: Any, aws: Any = None) -> int:
+    def fake_serve(settings: Any, aws: Any = None, services: Any = ()) -> int:
         seen.append(settings)
         aws_seen.append(aws)
         return 0
@@ -256,7 +256,7 @@ def test_scheduler_flags_reach_the_settings(monkeypatch: pytest.MonkeyPatch) -> 
     seen: list[Any] = []
     aws_seen: list[Any] = []
 
-    def fake_serve(settings: Any, aws: Any = None) -> int:
+    def fake_serve(settings: Any, aws: Any = None, services: Any = ()) -> int:
         seen.append(settings)
         aws_seen.append(aws)
         return 0
@@ -510,3 +510,28 @@ def test_task_defaults_apply_to_tasks_without_their_own(
     limits = {t.id: (t.max_attempts, t.timeout_s) for t in tasks}
     (other,) = set(limits) - {"own"}
     assert limits == {"own": (5, 60.0), other: (3, 2.5)}
+
+
+def test_scheduler_autoscale_runs_the_autoscaler_beside_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import scheduler.main
+    from provisioner.autoscaler import Autoscaler
+
+    services_seen: list[Any] = []
+
+    def fake_serve(settings: Any, aws: Any = None, services: Any = ()) -> int:
+        services_seen.append(list(services))
+        return 0
+
+    monkeypatch.setattr(scheduler.main, "serve", fake_serve)
+    for name in ("AMI", "INSTANCE_TYPE", "LAUNCH_TEMPLATE"):
+        monkeypatch.delenv(f"TASKMILL_{name}", raising=False)
+    assert main(["scheduler", "-rw", "--autoscale"]) == 2  # nothing to launch from
+    assert "bad autoscaler settings" in capsys.readouterr().err
+    monkeypatch.setenv("TASKMILL_AMI", "ami-12345678")
+    monkeypatch.setenv("TASKMILL_INSTANCE_TYPE", "t3.micro")
+    assert main(["scheduler", "-rw", "--autoscale"]) == 0
+    [[autoscaler]] = services_seen
+    assert isinstance(autoscaler, Autoscaler) and autoscaler.settings.ami == "ami-12345678"
+    assert main(["scheduler"]) == 0 and services_seen[-1] == []
