@@ -160,6 +160,8 @@ class Scheduler:
             delete_reply_queue_on_close=ephemeral,
             receive_wait_s=self.settings.reply_wait_s,
             max_bundle_tasks=self.settings.max_bundle_tasks,
+            dead_letter_sweep_s=self.settings.dead_letter_sweep_s,
+            on_requeued=self.dispatcher.wake,
         )
         try:
             await self.remote.start()

@@ -38,6 +38,7 @@ from protocol.bundles import (
     split_to_fit,
 )
 from protocol.model import TaskState
+from scheduler.dead_letters import sweep
 from scheduler.records import Job, TaskRecord
 from scheduler.state import TaskTable
 
@@ -89,6 +90,8 @@ class RemoteBackend:
         delete_reply_queue_on_close: bool = False,
         receive_wait_s: int = RECEIVE_WAIT_S,
         max_bundle_tasks: int = MAX_BUNDLE_TASKS,
+        dead_letter_sweep_s: float = 30.0,
+        on_requeued: Callable[[], None] = lambda: None,
     ) -> None:
         self.aws = aws
         self.table = table
@@ -111,6 +114,10 @@ class RemoteBackend:
         self._delete_reply_queue = delete_reply_queue_on_close
         self._receive_wait_s = receive_wait_s
         self.max_bundle_tasks = max_bundle_tasks
+        self.dead_letter_sweep_s = dead_letter_sweep_s
+        self.dead_lettered = 0  # bundles taken back from the dead-letter queue
+        self._on_requeued = on_requeued
+        self._dlq_url: str | None = None
         self._outbox: list[TaskRecord] = []
         self._outbox_ready = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -145,7 +152,17 @@ class RemoteBackend:
             self.fleet_slots = await self._count_slots()
         except AwsError as exc:
             raise AwsError(f"{exc} (the workers table {aws.workers_table!r})") from exc
-        for coro in (self._send_loop(), self._receive_loop(), self._fleet_loop()):
+        try:
+            with aws_errors(f"finding the dead-letter queue {aws.dead_letter_queue!r}"):
+                self._dlq_url = (await self._sqs.get_queue_url(QueueName=aws.dead_letter_queue))[
+                    "QueueUrl"
+                ]
+        except AwsError as exc:
+            log.warning("no dead-letter queue: lost bundles will not be noticed", error=str(exc))
+        loops = [self._send_loop(), self._receive_loop(), self._fleet_loop()]
+        if self._dlq_url is not None:
+            loops.append(self._dead_letter_loop(self._dlq_url))
+        for coro in loops:
             task = asyncio.get_running_loop().create_task(coro)
             self._tasks.add(task)
         log.info(
@@ -402,6 +419,41 @@ class RemoteBackend:
         self.fleet = fleet
         return slots
 
+    async def _dead_letter_loop(self, dlq_url: str) -> None:
+        while True:
+            await asyncio.sleep(self.dead_letter_sweep_s)  # periodic sweep
+            try:
+                bundles = await sweep(self._sqs, dlq_url, self.scheduler_id)
+            except AwsError as exc:
+                log.warning("cannot sweep the dead-letter queue", error=str(exc))
+                continue
+            for bundle in bundles:
+                self._take_back(bundle)
+
+    def _take_back(self, bundle: Bundle) -> None:
+        """Retry the bundle's unfinished tasks that have attempts left; fail the rest."""
+        self.dead_lettered += 1
+        reason = (
+            f"bundle {bundle.id} went to the dead-letter queue after "
+            f"{self.aws.max_receive_count} deliveries without finishing"
+        )
+        requeue: list[TaskRecord] = []
+        failed: set[Job] = set()
+        for wire in bundle.tasks:
+            rec = self.held.pop(wire["id"], None)
+            if rec is None:
+                continue  # it finished after all
+            self.bundle_of.pop(wire["id"], None)
+            if rec.attempt < rec.task.max_attempts:
+                requeue.append(rec)
+            elif self.table.finish_without_running(rec, TaskState.FAILED, reason):
+                failed.add(rec.job)
+        if requeue:
+            self.table.put_back(requeue, started=True)
+            self._on_requeued()
+        if failed:
+            self._on_job_progress(failed)
+
     def stats(self) -> dict[str, Any]:
         counter = self.clients.counter.snapshot()
         done = max(1, self.results_received)
@@ -413,6 +465,7 @@ class RemoteBackend:
             "bundles_sent": self.bundles_sent,
             "tasks_sent": self.tasks_sent,
             "results_received": self.results_received,
+            "dead_lettered": self.dead_lettered,
             "aws": counter,
             "requests_per_task": round(counter["total"] / done, 4)
             if self.results_received

@@ -86,6 +86,7 @@ class SchedulerSettings:
     remote_min_inflight: int = 10_000  # tasks in SQS at least, so an empty fleet can scale
     reply_wait_s: int = 20  # long-poll wait on the reply queue (SQS allows 0-20)
     max_bundle_tasks: int = 1000  # tasks per SQS message at most; 1 turns bundling off
+    dead_letter_sweep_s: float = 30.0  # how often to take back our dead-lettered bundles
     # The web monitor, /metrics and /healthz; a negative port turns them off.
     monitor_host: str = "127.0.0.1"
     monitor_port: int = 7071

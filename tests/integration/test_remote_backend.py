@@ -9,7 +9,7 @@ import pytest
 
 from client.client import Client
 from protocol.aws import AwsClients, AwsSettings
-from protocol.bundles import Reply, decode_bundle, encode_reply
+from protocol.bundles import Reply, decode_bundle, encode_bundle, encode_reply
 from scheduler.errors import SchedulerError
 from tests.conftest import SchedulerFactory
 
@@ -82,3 +82,31 @@ async def test_missing_request_queue_is_one_clear_error(
         SchedulerError, match=f"request queue '{aws_settings.request_queue}'.*init-aws"
     ):
         await start_scheduler(local_workers=0, remote=True, aws=aws_settings)
+
+
+async def test_dead_lettered_bundles_are_taken_back(
+    start_scheduler: SchedulerFactory, aws_settings: AwsSettings, aws_resources: dict[str, Any]
+) -> None:
+    sched = await start_scheduler(
+        local_workers=0, remote=True, aws=aws_settings, dead_letter_sweep_s=0.2
+    )
+    assert sched.remote is not None
+    async with Client("127.0.0.1", sched.port) as client:
+        sub = await client.submit(
+            [{"cmd": "true", "id": "once"}, {"cmd": "true", "id": "twice", "max_attempts": 2}]
+        )
+        bundles = await take_bundles(aws_settings, aws_resources["request_queue"], 2)
+        # SQS gives up on the bundles: they land in the dead-letter queue.
+        async with AwsClients(aws_settings).client("sqs") as sqs:
+            for bundle in bundles:
+                await sqs.send_message(
+                    QueueUrl=aws_resources["dead_letter_queue"], MessageBody=encode_bundle(bundle)
+                )
+        # "once" has no attempt left: it fails with the reason. "twice" is sent again.
+        [again] = await take_bundles(aws_settings, aws_resources["request_queue"], 1)
+        assert [t["id"] for t in again.tasks] == ["twice"] and again.tasks[0]["attempt"] == 2
+        status = await client.status("once")
+    assert status["task"]["state"] == "failed"
+    assert "dead-letter queue" in status["task"]["result"]["error"]
+    assert sched.remote.dead_lettered == len(bundles)
+    assert sub.ids == ["once", "twice"]
