@@ -99,22 +99,19 @@ class Dispatcher:
             # Results come back in order, so only the first held task had started.
             first, rest = held[0], held[1:]
             self.table.put_back(rest)
-            touched = set()
+            touched: set[Job] = set()
             if first.task.id in self.cancelling:
                 self.cancelling.discard(first.task.id)
                 if self.table.finish_without_running(
                     first, TaskState.CANCELLED, "cancelled while running"
                 ):
                     touched.add(first.job)
-            elif first.attempt < first.task.max_attempts:
-                self.table.put_back([first], started=True)
             else:
                 reason = (
                     f"local worker {worker.id} exited (code {worker.returncode}) "
                     "while running the task"
                 )
-                if self.table.finish_without_running(first, TaskState.FAILED, reason):
-                    touched.add(first.job)
+                touched = self.table.retry_or_fail([first], reason)
             if touched:
                 self._on_job_progress(touched)
         self.wake()

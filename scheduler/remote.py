@@ -437,20 +437,16 @@ class RemoteBackend:
             f"bundle {bundle.id} went to the dead-letter queue after "
             f"{self.aws.max_receive_count} deliveries without finishing"
         )
-        requeue: list[TaskRecord] = []
-        failed: set[Job] = set()
+        lost: list[TaskRecord] = []
         for wire in bundle.tasks:
             rec = self.held.pop(wire["id"], None)
             if rec is None:
                 continue  # it finished after all
             self.bundle_of.pop(wire["id"], None)
-            if rec.attempt < rec.task.max_attempts:
-                requeue.append(rec)
-            elif self.table.finish_without_running(rec, TaskState.FAILED, reason):
-                failed.add(rec.job)
-        if requeue:
-            self.table.put_back(requeue, started=True)
-            self._on_requeued()
+            lost.append(rec)
+        failed = self.table.retry_or_fail(lost, reason)
+        if lost:
+            self._on_requeued()  # some may be queued again: let the dispatcher send them
         if failed:
             self._on_job_progress(failed)
 

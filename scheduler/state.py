@@ -201,6 +201,20 @@ class TaskTable:
             self.queue.finished(rec.task.user)
             self.queue.push_front(rec.task.user, rec.task.priority, rec)
 
+    def retry_or_fail(self, recs: Iterable[TaskRecord], reason: str) -> set[Job]:
+        """Started tasks that were lost without a result (their worker died, their bundle
+        was dead-lettered): requeue those with attempts left, fail the rest with
+        ``reason``. Returns the jobs that gained a result."""
+        requeue: list[TaskRecord] = []
+        failed: set[Job] = set()
+        for rec in recs:
+            if rec.attempt < rec.task.max_attempts:
+                requeue.append(rec)
+            elif self.finish_without_running(rec, TaskState.FAILED, reason):
+                failed.add(rec.job)
+        self.put_back(requeue, started=True)
+        return failed
+
     # --- retries -------------------------------------------------------------------
 
     def retry_later(self, rec: TaskRecord, attempt_result: dict[str, Any], due: float) -> None:
