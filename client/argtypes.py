@@ -23,35 +23,34 @@ def positive_int(text: str) -> int:
     return value
 
 
-def seconds(text: str) -> float:
+def _non_negative_float(text: str, what: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
     if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative number of seconds, got {text}")
+        raise argparse.ArgumentTypeError(f"expected a non-negative {what[2:]}, got {text}")
     return value
+
+
+def _positive_float(text: str, what: str) -> float:
+    value = _non_negative_float(text, what)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive {what[2:]}, got {text}")
+    return value
+
+
+def seconds(text: str) -> float:
+    return _non_negative_float(text, "a number of seconds")
 
 
 def positive_seconds(text: str) -> float:
-    value = seconds(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text}")
-    return value
+    return _positive_float(text, "a number of seconds")
 
 
 def non_negative_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text}")
-    return value
+    return _non_negative_float(text, "a number")
 
 
 def positive_number(text: str) -> float:
-    value = non_negative_number(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
+    return _positive_float(text, "a number")
