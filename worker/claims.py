@@ -265,13 +265,8 @@ class ClaimStore:
     ) -> dict[str, Any]:
         rows = [summary_row(r) for r in reported]
         sets = ["#lease = :lease"]
-        names = _names("#owner", "#attempt", "#lease", "#state")
-        values: dict[str, Any] = {
-            ":me": {"S": self.worker_id},
-            ":attempt": {"N": str(attempt)},
-            ":lease": {"N": repr(lease_until)},
-            ":claimed": {"S": STATE_CLAIMED},
-        }
+        names = _names("#lease")
+        values: dict[str, Any] = {":lease": {"N": repr(lease_until)}}
         expression = ""
         if rows:
             sets.append("#partial = list_append(if_not_exists(#partial, :empty), :chunk)")
@@ -280,56 +275,36 @@ class ClaimStore:
             values[":chunk"] = {"L": [{"B": encode_summary(rows)}]}
             values[":ids"] = {"SS": sorted({str(r["id"]) for r in rows})}
             expression = " ADD #done :ids"
-        try:
-            reply = await self.ddb.update_item(
-                TableName=self.table,
-                Key=self._key(bundle_id),
-                UpdateExpression="SET " + ", ".join(sets) + expression,
-                ConditionExpression="#owner = :me AND #attempt = :attempt AND #state = :claimed",
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
-                ReturnValues="ALL_NEW",
-                ReturnConsumedCapacity="TOTAL",
-            )
-        except botocore.exceptions.ClientError as exc:
-            if _condition_failed(exc):
-                self._sizes.pop(bundle_id, None)
-                raise LeaseLost(bundle_id) from exc
-            raise translate(exc, f"extending the lease of bundle {bundle_id}") from exc
-        except (botocore.exceptions.BotoCoreError, OSError) as exc:
-            raise translate(exc, f"extending the lease of bundle {bundle_id}") from exc
-        item: dict[str, Any] = reply["Attributes"]
-        return item
+        what = f"extending the lease of bundle {bundle_id}"
+        update = "SET " + ", ".join(sets) + expression
+        return await self._owned_write(bundle_id, attempt, what, update, names, values)
 
-    async def finish(self, bundle_id: str, attempt: int, rows: list[dict[str, Any]]) -> None:
-        """Mark the bundle done with its summary. Raises :class:`LeaseLost`."""
+    async def _owned_write(
+        self,
+        bundle_id: str,
+        attempt: int,
+        what: str,
+        update: str,
+        names: dict[str, str],
+        values: dict[str, Any],
+    ) -> dict[str, Any]:
+        """UpdateItem on a bundle this worker holds under ``attempt``; the new item.
+
+        Raises :class:`LeaseLost` when the claim is no longer ours, :class:`AwsError`
+        for anything else.
+        """
         try:
             reply = await self.ddb.update_item(
                 TableName=self.table,
                 Key=self._key(bundle_id),
-                UpdateExpression=(
-                    "SET #state = :done, #summary = :summary, #finished_at = :now, #lease = :zero "
-                    "REMOVE #done, #partial"
-                ),
+                UpdateExpression=update,
                 ConditionExpression="#owner = :me AND #attempt = :attempt AND #state = :claimed",
-                ExpressionAttributeNames=_names(
-                    "#owner",
-                    "#attempt",
-                    "#state",
-                    "#summary",
-                    "#finished_at",
-                    "#lease",
-                    "#done",
-                    "#partial",
-                ),
-                ExpressionAttributeValues={
+                ExpressionAttributeNames=names | _names("#owner", "#attempt", "#state"),
+                ExpressionAttributeValues=values
+                | {
                     ":me": {"S": self.worker_id},
                     ":attempt": {"N": str(attempt)},
                     ":claimed": {"S": STATE_CLAIMED},
-                    ":done": {"S": STATE_DONE},
-                    ":summary": {"B": encode_summary(rows)},
-                    ":now": {"N": repr(time.time())},
-                    ":zero": {"N": "0"},
                 },
                 ReturnValues="ALL_NEW",
                 ReturnConsumedCapacity="TOTAL",
@@ -338,10 +313,29 @@ class ClaimStore:
             if _condition_failed(exc):
                 self._sizes.pop(bundle_id, None)
                 raise LeaseLost(bundle_id) from exc
-            raise translate(exc, f"finishing bundle {bundle_id}") from exc
+            raise translate(exc, what) from exc
         except (botocore.exceptions.BotoCoreError, OSError) as exc:
-            raise translate(exc, f"finishing bundle {bundle_id}") from exc
-        self._account(bundle_id, reply["Attributes"], keep=False)
+            raise translate(exc, what) from exc
+        item: dict[str, Any] = reply["Attributes"]
+        return item
+
+    async def finish(self, bundle_id: str, attempt: int, rows: list[dict[str, Any]]) -> None:
+        """Mark the bundle done with its summary. Raises :class:`LeaseLost`."""
+        item = await self._owned_write(
+            bundle_id,
+            attempt,
+            f"finishing bundle {bundle_id}",
+            "SET #state = :done, #summary = :summary, #finished_at = :now, #lease = :zero "
+            "REMOVE #done, #partial",
+            _names("#summary", "#finished_at", "#lease", "#done", "#partial"),
+            {
+                ":done": {"S": STATE_DONE},
+                ":summary": {"B": encode_summary(rows)},
+                ":now": {"N": repr(time.time())},
+                ":zero": {"N": "0"},
+            },
+        )
+        self._account(bundle_id, item, keep=False)
 
     async def check_table(self) -> None:
         """Raise :class:`protocol.aws.ResourceMissing` when the tasks table does not exist."""
