@@ -336,9 +336,10 @@ class Scheduler:
         """Cancel queued tasks now and running ones through their workers."""
         cancelled, running = self.table.cancel_queued(some_id)
         cancelling = self.dispatcher.cancel_running(running)
-        self.job_progress({rec.job for rec in cancelled} | {rec.job for rec in running})
+        jobs = {rec.job for rec in cancelled} | {rec.job for rec in running}
         if some_id in self.table.jobs:
-            self.job_progress((self.table.jobs[some_id],))
+            jobs.add(self.table.jobs[some_id])  # sealed by the cancel: its streams may end
+        self.job_progress(jobs)
         return len(cancelled), cancelling
 
     def cancel_unstored(self, job: Job, ids: list[str], error: BaseException) -> None:
