@@ -15,8 +15,9 @@ lost or yielded twice.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
-from collections.abc import AsyncGenerator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -245,13 +246,30 @@ class Client:
         ``timeout_s`` apply to the tasks that do not set their own.
         Raises :class:`RemoteError` when the scheduler rejects a batch.
         """
+        job, start = await self._job_start(job, batch_size)
+        submitter, parts = self._submitter(
+            tasks, job, start, user, priority, batch_size, max_attempts, timeout_s
+        )
+        return await self._finish_submit(submitter, parts, job, final=final)
+
+    async def _job_start(self, job: str | None, batch_size: int) -> tuple[str, int]:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        start = 0
         if job is None:
-            job = new_job_id()
-        else:
-            start = await self._job_size(job)
+            return new_job_id(), 0
+        return job, await self._job_size(job)
+
+    def _submitter(
+        self,
+        tasks: Iterable[TaskLike],
+        job: str,
+        start: int,
+        user: str | None,
+        priority: int | None,
+        batch_size: int,
+        max_attempts: int | None,
+        timeout_s: float | None,
+    ) -> tuple[Submitter, Iterator[list[dict[str, Any]]]]:
         base: dict[str, Any] = {"op": "submit", "job": job}
         if user is not None:
             base["user"] = user
@@ -259,7 +277,12 @@ class Client:
             base["priority"] = priority
         defaults = {"max_attempts": max_attempts, "timeout_s": timeout_s}
         parts = split_batches(tasks, batch_size, job=job, start=start, defaults=defaults)
-        submitter = Submitter(self._link, base, max_frame=self.max_frame)
+        return Submitter(self._link, base, max_frame=self.max_frame), parts
+
+    @staticmethod
+    async def _finish_submit(
+        submitter: Submitter, parts: Iterator[list[dict[str, Any]]], job: str, *, final: bool
+    ) -> Submission:
         ids = await submitter.run(parts, final=final)
         if submitter.resent:
             log.debug("batches resent after a reconnect", job=job, batches=submitter.resent)
@@ -348,18 +371,39 @@ class Client:
         max_attempts: int | None = None,
         timeout_s: float | None = None,
     ) -> list[Result]:
-        """Submit a job and wait for all its results (in order of completion)."""
-        submission = await self.submit(
-            tasks,
-            job=job,
-            user=user,
-            priority=priority,
-            batch_size=batch_size,
-            max_attempts=max_attempts,
-            timeout_s=timeout_s,
+        """Submit a job and wait for all its results (in order of completion).
+
+        A job that fits in one batch costs one round trip, not two: its ``submit`` frame
+        and the request for its results go out in the same write (the scheduler handles
+        a connection's frames in order, so the job exists when its results are asked for).
+        """
+        job, start = await self._job_start(job, batch_size)
+        submitter, parts = self._submitter(
+            tasks, job, start, user, priority, batch_size, max_attempts, timeout_s
         )
+        first = next(parts, [])
+        second = next(parts, None)
+        if second is not None:  # several batches: their round trip is amortised anyway
+            await self._finish_submit(
+                submitter, itertools.chain([first, second], parts), job, final=True
+            )
+            return await self._collect(job)
+        submitter.prime(await self._link.connection(), first, final=True)
+        try:
+            out = await self._collect(job)
+        except RemoteError as exc:
+            # A rejected batch never made the job; its own error says why. A batch lost
+            # with the connection is sent again by _finish_submit, then results are read.
+            if exc.code is not ErrorCode.NOT_FOUND:
+                raise
+            await self._finish_submit(submitter, iter(()), job, final=True)
+            return await self._collect(job)
+        await self._finish_submit(submitter, iter(()), job, final=True)
+        return out
+
+    async def _collect(self, job: str) -> list[Result]:
         out: list[Result] = []
-        async with contextlib.aclosing(self.result_batches(submission.job)) as batches:
+        async with contextlib.aclosing(self.result_batches(job)) as batches:
             async for batch in batches:
                 out.extend(batch.results)
         return out

@@ -40,11 +40,21 @@ class Submitter:
         self.batches: list[_Batch] = []
         self.resent = 0  # batches sent again after a reconnect
 
+    def prime(self, conn: Connection, tasks: list[dict[str, Any]], *, final: bool) -> None:
+        """Write the first batch now, before :meth:`run`: a caller can then put another
+        request (a result stream) behind it in the same write. ``run`` collects its reply
+        and sends it again if the connection is lost first."""
+        if self.batches:
+            raise RuntimeError("prime() must come before any other batch")
+        self.batches.append(_Batch(tasks, final))
+        self._send(conn, 0)
+
     async def run(self, parts: Iterator[list[dict[str, Any]]], *, final: bool) -> list[str]:
         link = self.link
         batches = self.batches
         conn = await link.connection()
-        following: list[dict[str, Any]] | None = next(parts, [])  # no task: one empty batch
+        # No task at all: one empty batch (it creates or seals the job). Primed: the rest.
+        following: list[dict[str, Any]] | None = next(parts, None if batches else [])
         try:
             while True:
                 try:
