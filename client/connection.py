@@ -63,6 +63,9 @@ class Connection:
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._streams: dict[int, asyncio.Queue[StreamItem]] = {}
         self._writer: asyncio.StreamWriter | None = None
+        # Frames written in this loop iteration, sent together by _flush_out: a request
+        # and the stream that follows it (Client.run) cost one system call, not two.
+        self._out: list[bytes] = []
         self._reader_task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -241,8 +244,21 @@ class Connection:
         except (TypeError, ValueError, OverflowError) as exc:
             raise ClientError(f"cannot encode the {msg.get('op')} request: {exc}") from exc
 
+    def _write(self, writer: asyncio.StreamWriter, frame: bytes) -> None:
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self._flush_out)
+        self._out.append(frame)
+
+    def _flush_out(self) -> None:
+        if not self._out:
+            return
+        out, self._out = self._out, []
+        if self.lost is None and self._writer is not None:
+            self._writer.write(out[0] if len(out) == 1 else b"".join(out))
+
     async def drain(self) -> None:
         writer = self._check_usable()
+        self._flush_out()
         try:
             await writer.drain()
         except OSError as exc:
@@ -258,7 +274,7 @@ class Connection:
         msg["rid"] = rid
         frame = self._encode(msg)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        writer.write(frame)
+        self._write(writer, frame)
         self._pending[rid] = fut
         return rid, fut
 
@@ -287,7 +303,7 @@ class Connection:
         frame = self._encode(msg)
         queue: asyncio.Queue[StreamItem] = asyncio.Queue()
         self._streams[rid] = queue
-        writer.write(frame)
+        self._write(writer, frame)
         return rid, queue
 
     def close_stream(self, rid: int) -> None:
