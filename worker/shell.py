@@ -30,10 +30,10 @@ import os
 import re
 import select
 import signal
-import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from protocol.model import TAIL_BYTES, TaskState, tail_text
 
@@ -115,19 +115,116 @@ def _sh_argv(cmd: str) -> list[str]:
     return ["sh", "-c", cmd]
 
 
-def _spawn(argv: list[str], executable: str | None) -> subprocess.Popen[bytes]:
-    # close_fds keeps the worker's scheduler socket out of the task: a task holding it
-    # would hide the worker's death from the scheduler. Popen uses vfork here.
-    return subprocess.Popen(
-        argv,
-        executable=executable,
-        stdin=_devnull(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        bufsize=0,
-        close_fds=True,
-        start_new_session=True,
-    )
+@dataclass(slots=True)
+class _Child:
+    """A started task: its leader's pid and our ends of its stdout and stderr pipes."""
+
+    pid: int
+    out_fd: int
+    err_fd: int
+    returncode: int | None = None
+
+    def wait(self) -> int:
+        """Reap the leader; the exit code, or minus the signal number (as Popen has it)."""
+        if self.returncode is None:
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def close(self) -> None:
+        os.close(self.out_fd)
+        os.close(self.err_fd)
+
+
+# Python ignores these; a task must start with them at their defaults (as Popen's
+# restore_signals does), or `yes | head` would never see SIGPIPE.
+_RESTORED_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name)
+)
+
+
+def _environment() -> Mapping[Any, Any]:
+    """The current environment, cheaply: CPython keeps ``os.environ``'s contents, encoded,
+    in a plain dict, which posix_spawn reads at C speed; going through ``os.environ``'s
+    Python-level mapping methods cost 70 us per task (more than the spawn itself)."""
+    data = getattr(os.environ, "_data", None)
+    return data if isinstance(data, dict) else os.environ
+
+
+def _inherited_fds() -> list[int]:
+    """Descriptors above 2 that an exec would pass on: what Popen's close_fds closes.
+
+    Normally none (Python opens everything close-on-exec), but a library or handler
+    may have made one inheritable; the task must not get it. Linux lists them in
+    /proc/self/fd; without /proc there is nothing cheap to look at.
+    """
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return []
+    fds: list[int] = []
+    for name in names:
+        fd = int(name)
+        if fd > 2:
+            try:
+                if os.get_inheritable(fd):
+                    fds.append(fd)
+            except OSError:
+                pass  # the descriptor listdir itself used, closed already
+    return fds
+
+
+def _spawn(argv: list[str], executable: str | None) -> _Child:
+    """Start a task with ``posix_spawn`` (glibc's is a vfork-style clone and an exec).
+
+    It costs about half the parent CPU of ``subprocess.Popen`` (measured 122 vs 222 us
+    per ``sleep 0``), which matters when tasks are tiny. The task gets only its stdin,
+    stdout and stderr (see :func:`_inherited_fds`): a task holding the scheduler socket
+    would hide the worker's death from the scheduler.
+    """
+    out_r, out_w = os.pipe()
+    try:
+        err_r, err_w = os.pipe()
+    except OSError:
+        os.close(out_r)
+        os.close(out_w)
+        raise
+    actions: list[tuple[int, ...]] = [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inherited_fds()]
+    actions += [
+        (os.POSIX_SPAWN_DUP2, _devnull(), 0),
+        (os.POSIX_SPAWN_DUP2, out_w, 1),
+        (os.POSIX_SPAWN_DUP2, err_w, 2),
+    ]
+    env = _environment()
+    try:
+        if executable is None:  # search PATH for argv[0], as execvp does
+            pid = os.posix_spawnp(
+                argv[0],
+                argv,
+                env,
+                file_actions=actions,
+                setsid=True,
+                setsigdef=_RESTORED_SIGNALS,
+                setsigmask=(),
+            )
+        else:
+            pid = os.posix_spawn(
+                executable,
+                argv,
+                env,
+                file_actions=actions,
+                setsid=True,
+                setsigdef=_RESTORED_SIGNALS,
+                setsigmask=(),
+            )
+    except BaseException:
+        for fd in (out_r, err_r):
+            os.close(fd)
+        raise
+    finally:
+        os.close(out_w)
+        os.close(err_w)
+    return _Child(pid, out_r, err_r)
 
 
 def kill_all_tasks() -> None:
@@ -135,7 +232,7 @@ def kill_all_tasks() -> None:
 
     For a worker about to die abruptly (its SIGTERM handler), where no ``finally`` will run.
     Besides our own record it reads the kernel's list of this process's children, which
-    also covers a task whose ``Popen()`` call has not returned yet.
+    also covers a task whose ``posix_spawn()`` call has not returned yet.
     """
     leaders = set(_live_leaders)
     try:
@@ -258,7 +355,7 @@ def run_shell(
 
 
 def _supervise(
-    proc: subprocess.Popen[bytes],
+    proc: _Child,
     *,
     started: float,
     direct: bool,
@@ -269,10 +366,9 @@ def _supervise(
     wake_at: float | None,
     on_wake: Callable[[], None] | None,
 ) -> ShellOutcome:
-    assert proc.stdout is not None and proc.stderr is not None
     pgid = proc.pid  # start_new_session: the leader's pid is the group id
     _live_leaders.add(pgid)
-    out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+    out_fd, err_fd = proc.out_fd, proc.err_fd
     tails = {out_fd: bytearray(), err_fd: bytearray()}
     pidfd = -1
     stop_reason: TaskState | None = None
@@ -358,12 +454,11 @@ def _supervise(
             _killpg(pgid, signal.SIGKILL)
         proc.wait()
         _live_leaders.discard(pgid)
-        proc.stdout.close()
-        proc.stderr.close()
+        proc.close()
         if pidfd >= 0:
             os.close(pidfd)
 
-    code = proc.returncode
+    code = proc.wait()  # reaped above: the saved code
     state: TaskState
     error: str | None
     if stop_reason is TaskState.TIMED_OUT:
