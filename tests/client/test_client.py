@@ -40,8 +40,9 @@ async def test_5000_tasks_in_batches_get_exactly_one_result_per_id(fake: FakeSch
         assert isinstance(submission, Submission)
         assert len(submission) == 5000
         assert len(set(submission.ids)) == 5000
-        # One frame per batch, pipelined; only the last one seals the job.
-        assert fake.submit_sizes == [1000] * 5
+        # One frame per batch, pipelined; only the last one seals the job. The first
+        # batch is small so the scheduler can start while the rest is on its way.
+        assert fake.submit_sizes == [256, 1000, 1000, 1000, 1000, 744]
         assert fake.jobs[submission.job].sealed
         seen: Counter[str] = Counter()
         values: dict[str, object] = {}
