@@ -1,0 +1,1 @@
+"""Peers benchmark: taskmill against dask, celery, dramatiq, a process pool, xargs, parallel."""

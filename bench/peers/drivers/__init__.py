@@ -1,0 +1,1 @@
+"""One module per system, each runnable as ``python -m bench.peers.drivers.NAME``."""
