@@ -25,7 +25,10 @@ from scheduler.telemetry import DURATION_BUCKETS, Histogram
 log = structlog.get_logger("taskmill.dispatch")
 
 LONG_TASK_S = 0.05  # above this mean runtime, a worker holds one task at a time
-WORK_AHEAD_S = 0.02  # below it, a worker holds about this much work to hide round trips
+# Below LONG_TASK_S a worker holds about this much work, to hide round trips. It must
+# stay well above the worker's result batch age (worker.process.BATCH_AGE_S): a worker
+# reports every 20 ms at most, and must not run dry before its report brings a refill.
+WORK_AHEAD_S = 0.05
 MAX_HOLD = 1024
 
 

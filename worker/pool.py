@@ -187,7 +187,7 @@ class ProcessHandle:
 # --- the pool ------------------------------------------------------------------------------
 
 LONG_TASK_S = 0.05  # above this mean runtime, a process holds one task at a time
-WORK_AHEAD_S = 0.02  # below it, a process holds about this much work
+WORK_AHEAD_S = 0.05  # below it, a process holds about this much work (> BATCH_AGE_S)
 MAX_HOLD = 64
 RESTART_DELAY_MAX_S = 30.0
 QUICK_DEATH_S = 5.0  # a process that dies sooner than this after starting is backed off

@@ -48,7 +48,11 @@ from worker.shell import DEFAULT_KILL_GRACE_S, kill_all_tasks
 log = structlog.get_logger(__name__)
 
 BATCH_MAX = 256
-BATCH_AGE_S = 0.005
+# A result frame per 20 ms at most while tasks keep coming: with 5 ms, 2 ms shell tasks
+# sent a frame per two or three tasks, and the scheduler and client spent 140 and 86 us
+# of CPU per task on frames (measured); with 20 ms, 45 and 29 us. A worker whose queue
+# runs dry reports at once, so a lone task's result is never held back.
+BATCH_AGE_S = 0.02
 EXIT_OK = 0
 EXIT_PROTOCOL = 2
 EXIT_FATAL = 3
@@ -141,9 +145,13 @@ class WorkerLoop:
         if msgs is None:
             self.closed = True
             return True  # no scheduler, no point in finishing: kill the task
+        reported = len(self.results)
         for msg in msgs:
             self.handle(msg)
-        self._send_results()  # e.g. queued tasks just cancelled: report them now
+        if len(self.results) > reported:  # queued tasks just cancelled: report them now
+            self._send_results()
+        # Otherwise (new tasks to hold) the results wait for their batch: a result frame
+        # per refill cost the scheduler and the client a frame per one or two shell tasks.
         return self.cancel_running
 
     # --- messages ------------------------------------------------------------------------

@@ -116,7 +116,7 @@ def test_expire_collected_jobs_after_ttl_and_any_after_max_age() -> None:
     [
         (None, 1000, 2, 1),  # unknown runtime: one at a time until measured
         (1.0, 1000, 8, 1),  # long tasks are never prefetched
-        (0.01, 1000, 8, 2),  # 10 ms tasks: one running, one buffered
+        (0.01, 1000, 8, 5),  # 10 ms tasks: 50 ms of work ahead
         (1e-6, 100_000, 2, MAX_HOLD),
         (1e-6, 10, 4, 3),  # never more than a fair share of the backlog
     ],

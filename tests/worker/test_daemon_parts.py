@@ -151,7 +151,7 @@ async def test_send_replies_groups_and_reports_delivery(aws: Aws) -> None:
 def test_hold_target() -> None:
     assert hold_target(None, 100, 4) == 1  # unknown runtime: one at a time
     assert hold_target(1.0, 100, 4) == 1
-    assert hold_target(0.001, 1000, 4) == 20
+    assert hold_target(0.001, 1000, 4) == 50  # 1 ms tasks: 50 ms of work ahead
     assert hold_target(0.001, 8, 4) == 2  # never more than a fair share
 
 
