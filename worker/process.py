@@ -208,6 +208,10 @@ class WorkerLoop:
             return
         for msg in msgs:
             self.handle(msg)
+        if not self.pending:
+            # A run and a cancel of the same tasks read together leave only cancelled
+            # results: send them now, since the caller is about to block in recv().
+            self._send_results()
 
     def _send_results(self) -> None:
         if not self.results or self.closed:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from protocol.framing import BlockingFrameSocket
+from protocol.framing import BlockingFrameSocket, encode_frame
 from protocol.model import Task, TaskKind
 from tests.worker.proc_util import process_gone, wait_until
 
@@ -296,3 +296,32 @@ def test_a_handler_module_that_fails_to_import_is_fatal(
         assert repr(module) in msg["error"]
         assert cause in msg["error"]
         assert w.wait_exit() == 3
+
+
+def test_tasks_run_and_cancelled_in_one_read_are_reported_before_waiting() -> None:
+    # In-process: the loop's flush() reads a run and a cancel of the same tasks in one
+    # poll; the cancelled results must go out then, not wait for the next message (the
+    # worker blocks in recv() next, and the scheduler would wait for them forever).
+    from worker.process import WorkerLoop
+
+    ours, theirs = socket.socketpair()
+    try:
+        scheduler_end = BlockingFrameSocket(theirs)
+        loop = WorkerLoop(BlockingFrameSocket(ours), "w-test")
+        tasks = [{"id": i, "kind": "call", "fn": "noop", "args": [], "kwargs": {}} for i in "ab"]
+        theirs.sendall(
+            encode_frame({"op": "run", "tasks": tasks})
+            + encode_frame({"op": "cancel", "ids": ["a", "b"]})
+        )
+        loop.flush()
+        assert not loop.pending and not loop.results
+        theirs.settimeout(RECV_TIMEOUT_S)
+        msg = scheduler_end.recv()
+        assert msg["op"] == "results"
+        assert {(r["id"], r["state"]) for r in msg["results"]} == {
+            ("a", "cancelled"),
+            ("b", "cancelled"),
+        }
+    finally:
+        ours.close()
+        theirs.close()
