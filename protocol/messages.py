@@ -188,6 +188,65 @@ _TASK_KEYS = frozenset(
 )
 
 
+_PLAIN_CALL_KEYS = frozenset({"id", "fn", "args", "kwargs"})
+_PLAIN_SHELL_KEYS = frozenset({"id", "cmd"})
+
+
+def _parse_plain_task(raw: dict[str, Any], user: str, priority: int) -> Task | None:
+    """The common task, ``{id, fn[, args, kwargs]}`` or ``{id, cmd}``, when plainly valid.
+
+    A submit of 20,000 no-op calls spent a quarter of the scheduler's time in
+    :func:`parse_task`; this path checks the same rules with fewer steps. Anything
+    it is not sure of returns None, and the full validation (with its error
+    messages) runs instead, so the two cannot disagree on what is accepted.
+    """
+    keys = raw.keys()
+    task_id = raw.get("id")
+    if task_id is None:
+        task_id = ""
+    elif type(task_id) is not str or not task_id or len(task_id) > MAX_ID_LEN:
+        return None
+    if keys <= _PLAIN_CALL_KEYS:
+        fn = raw.get("fn")
+        if type(fn) is not str or not fn or len(fn) > MAX_ID_LEN:
+            return None
+        args = raw.get("args")
+        if args is None:
+            args = []
+        elif type(args) is not list:
+            return None
+        kwargs = raw.get("kwargs")
+        if kwargs is None:
+            kwargs = {}
+        elif type(kwargs) is not dict or not all(type(k) is str for k in kwargs):
+            return None
+        return Task(
+            id=task_id,
+            job="",
+            kind=TaskKind.CALL,
+            fn=fn,
+            args=args,
+            kwargs=kwargs,
+            user=user,
+            priority=priority,
+        )
+    if keys <= _PLAIN_SHELL_KEYS:
+        cmd = raw.get("cmd")
+        if type(cmd) is not str or not cmd:
+            return None
+        return Task(
+            id=task_id,
+            job="",
+            kind=TaskKind.SHELL,
+            cmd=cmd,
+            args=_NO_ARGS,
+            kwargs=_NO_KWARGS,
+            user=user,
+            priority=priority,
+        )
+    return None
+
+
 def parse_task(
     raw: Any, *, rid: int | None = None, index: int = 0, user: str = DEFAULT_USER, priority: int = 0
 ) -> Task:
@@ -196,6 +255,10 @@ def parse_task(
     The returned task has ``job=""`` and, when the client gave none, ``id=""``:
     the scheduler fills both in.
     """
+    if type(raw) is dict:
+        fast = _parse_plain_task(raw, user, priority)
+        if fast is not None:
+            return fast
     where = f"tasks[{index}]."
     if not isinstance(raw, dict):
         raise _fail(
@@ -399,8 +462,9 @@ def results_frame(
 #   scheduler -> worker  {"op": "cancel", "ids": [ID, ...]}
 #   scheduler -> worker  {"op": "stop"}            finish the batch in hand, then exit
 #   worker -> scheduler  {"op": "results", "results": [result wire, ...]}
-# A result wire from a worker has: id, state, exit_code, stdout, stderr, value, error,
-# attempt, started, finished, worker (the scheduler adds job and submitted).
+# A result wire from a worker has: id, state, attempt, started, finished, worker, and
+# exit_code, stdout, stderr, value, error unless null or empty (a missing one reads as
+# null, or "" for stdout/stderr); the scheduler adds job and submitted.
 
 W_READY = "ready"
 W_FATAL = "fatal"

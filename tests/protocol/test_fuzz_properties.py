@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from protocol.errors import FrameError, ValidationError
 from protocol.framing import FrameDecoder, encode_frame
-from protocol.messages import parse_request
+from protocol.messages import _parse_plain_task, parse_request
+from protocol.messages import parse_task as _parse_task_any
 from tests.fuzzing import messages, packable, raw_frames, values
 
 
@@ -67,3 +68,41 @@ def test_raw_frames_decode_or_fail_cleanly(frame: bytes) -> None:
                 parse_request(msg)
     except FrameError:
         pass
+
+
+_task_fields = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": st.one_of(st.none(), st.text(max_size=3), st.text(min_size=250, max_size=260)),
+        "fn": st.one_of(st.none(), st.just("noop"), st.just(""), st.integers(), st.text()),
+        "cmd": st.one_of(st.none(), st.just("sleep 0"), st.just(""), st.integers()),
+        "args": st.one_of(st.none(), st.lists(st.integers(), max_size=2), st.text(max_size=2)),
+        "kwargs": st.one_of(
+            st.none(),
+            st.dictionaries(st.text(max_size=2), st.integers(), max_size=2),
+            st.dictionaries(st.integers(), st.integers(), min_size=1, max_size=2),
+            st.lists(st.integers(), max_size=1),
+        ),
+        "priority": st.one_of(st.none(), st.integers(-3, 3)),
+    },
+)
+
+
+def _full_parse_task(raw: dict[str, Any], *, user: str, priority: int) -> Any:
+    # A map the fast path cannot take (an extra key) goes through the full rules only.
+    return _parse_task_any({**raw, "max_attempts": 1}, user=user, priority=priority)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_task_fields)
+def test_the_plain_task_fast_path_agrees_with_full_validation(raw: dict[str, Any]) -> None:
+    # parse_task takes a fast path for {id, fn, args, kwargs} and {id, cmd}; whatever it
+    # accepts must equal what the full rules make of the same map, and it must never
+    # accept what they reject.
+    fast = _parse_plain_task(dict(raw), "u", 2)
+    try:
+        full = _full_parse_task(dict(raw), user="u", priority=2)
+    except ValidationError:
+        assert fast is None
+        return
+    assert fast is None or fast == full
