@@ -32,19 +32,39 @@ def _result(
     started: float | None = None,
     finished: float | None = None,
 ) -> dict[str, Any]:
-    return {
+    result = {
         "id": task.get("id"),
         "state": state,
-        "exit_code": exit_code,
-        "stdout": stdout,
-        "stderr": stderr,
-        "value": value,
-        "error": error,
         "attempt": task.get("attempt", 1),
         "started": started,
         "finished": time.time() if finished is None else finished,
         "worker": worker_id,
     }
+    _add_outputs(result, exit_code, stdout, stderr, value, error)
+    return result
+
+
+def _add_outputs(
+    result: dict[str, Any],
+    exit_code: int | None,
+    stdout: str,
+    stderr: str,
+    value: Any,
+    error: str | None,
+) -> None:
+    """Only the outputs a task had: a field left out means null (or ""). Every result
+    is decoded by the scheduler and again by the client, and a no-op call's five empty
+    fields were half of its keys."""
+    if exit_code is not None:
+        result["exit_code"] = exit_code
+    if stdout:
+        result["stdout"] = stdout
+    if stderr:
+        result["stderr"] = stderr
+    if value is not None:
+        result["value"] = value
+    if error is not None:
+        result["error"] = error
 
 
 def cancelled_result(
@@ -72,9 +92,10 @@ def execute(
 ) -> dict[str, Any]:
     """Run one task and return its result wire.
 
-    The result has: id, state, exit_code, stdout, stderr, value, error, attempt, started,
-    finished, worker. ``control_fd``/``on_control`` and ``wake_at``/``on_wake`` are passed
-    to :func:`worker.shell.run_shell` (a call task cannot be interrupted by them).
+    The result has: id, state, attempt, started, finished, worker, and those of exit_code,
+    stdout, stderr, value and error that are not null or empty. ``control_fd`` /
+    ``on_control`` and ``wake_at`` / ``on_wake`` are passed to
+    :func:`worker.shell.run_shell` (a call task cannot be interrupted by them).
     """
     kind = task.get("kind")
     if kind == "call":
@@ -84,19 +105,21 @@ def execute(
         state, value, error, stderr, started, finished = invoke(
             fn, task.get("args"), task.get("kwargs"), task.get("timeout_s"), registry
         )
-        return {
+        result = {
             "id": task.get("id"),
             "state": state,
-            "exit_code": None,
-            "stdout": "",
-            "stderr": stderr,
-            "value": value,
-            "error": error,
             "attempt": task.get("attempt", 1),
             "started": started,
             "finished": finished,
             "worker": worker_id,
         }
+        if value is not None:
+            result["value"] = value
+        if error is not None:
+            result["error"] = error
+        if stderr:
+            result["stderr"] = stderr
+        return result
     if kind == "shell":
         cmd = task.get("cmd")
         if not isinstance(cmd, str):

@@ -6,25 +6,14 @@ from protocol.model import Result, Task, TaskKind, TaskState
 from tests.worker import handlers_sample  # noqa: F401 (registers the sample handlers)
 from worker.execute import cancelled_result, execute
 
-RESULT_KEYS = {
-    "id",
-    "state",
-    "exit_code",
-    "stdout",
-    "stderr",
-    "value",
-    "error",
-    "attempt",
-    "started",
-    "finished",
-    "worker",
-}
+# Always present; exit_code, stdout, stderr, value and error only when not null/empty.
+REQUIRED_KEYS = {"id", "state", "attempt", "started", "finished", "worker"}
 
 
 def test_shell_task_failure_result() -> None:
     task = Task(id="s1", job="j", kind=TaskKind.SHELL, cmd="sh -c 'echo oops >&2; exit 3'")
     result = execute(task.execution_wire(2), worker_id="w7")
-    assert set(result) == RESULT_KEYS
+    assert set(result) == REQUIRED_KEYS | {"exit_code", "stderr", "error"}  # no stdout
     assert result["id"] == "s1"
     assert result["state"] == "failed"
     assert result["exit_code"] == 3
@@ -53,11 +42,12 @@ def test_shell_timeout_result() -> None:
 def test_call_task_result() -> None:
     task = Task(id="c1", job="j", kind=TaskKind.CALL, fn="add", args=[20, 22])
     result = execute(task.execution_wire(1), worker_id="w")
-    assert set(result) == RESULT_KEYS
+    assert set(result) == REQUIRED_KEYS | {"value"}  # empty outputs are left out
     assert result["state"] == "succeeded"
     assert type(result["state"]) is str
     assert result["value"] == 42
-    assert result["exit_code"] is None
+    decoded = Result.from_wire(result)  # a left-out field reads as null / empty
+    assert decoded.exit_code is None and decoded.stdout == "" and decoded.error is None
 
 
 def test_call_task_failure_result() -> None:
@@ -81,7 +71,7 @@ def test_malformed_tasks_fail_instead_of_raising() -> None:
 def test_cancelled_result_never_started() -> None:
     task = Task(id="q", job="j", kind=TaskKind.CALL, fn="noop")
     result = cancelled_result(task.execution_wire(1), worker_id="w")
-    assert set(result) == RESULT_KEYS
+    assert set(result) == REQUIRED_KEYS | {"error"}
     assert result["state"] == "cancelled"
     assert result["started"] is None
     assert result["finished"] is not None
