@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from collections.abc import Sequence
 from typing import Protocol
@@ -17,6 +18,15 @@ from scheduler.errors import SchedulerError
 from scheduler.settings import SchedulerSettings
 
 log = structlog.get_logger("taskmill.scheduler")
+
+# The cyclic collector's thresholds for the daemon (Python's defaults: 700, 10, 10). The
+# scheduler keeps every finished job's results until they are collected and expire, so
+# its heap holds hundreds of thousands of long-lived dicts that the default thresholds
+# make the collector walk over and over: successive 20,000-task jobs went from 10 to 16
+# us of scheduler CPU per task. A young generation of 50,000 objects (a few MB) keeps
+# throughput flat (measured 60-75k no-op tasks/s instead of 51-73k); a pass over it takes
+# about a millisecond. Nothing in the scheduler relies on prompt cycle collection.
+GC_THRESHOLDS = (50_000, 20, 10)
 
 
 class Service(Protocol):
@@ -65,4 +75,6 @@ def serve(
 ) -> int:
     """Configure logging, run on uvloop, return the process exit code."""
     configure_logging(settings.log_level, settings.log_format)
+    gc.set_threshold(*GC_THRESHOLDS)
+    gc.freeze()  # what is alive after imports stays alive: never scan it again
     return uvloop.run(run_until_signalled(settings, aws, services))
