@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test lint format bench bench-peers clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ format: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-base
 	$(BIN)/python bench/local_throughput.py
+
+# The peers side by side (about 20 minutes): bench/peers/README.md.
+bench-peers: $(VENV)/.installed-base
+	$(PYTHON) bench/peers/install.py
+	$(PYTHON) bench/peers/run.py --markdown bench/results/peers.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

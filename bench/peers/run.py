@@ -289,6 +289,7 @@ def main() -> int:
     for line in ratio_lines(runner.results):
         emit(**line)
     if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
         Path(args.markdown).write_text(markdown(runner.results, head))
         note(f"markdown table written to {args.markdown}")
     return 1 if runner.failures else 0
