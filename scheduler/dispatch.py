@@ -8,7 +8,6 @@ tick) tops workers up, and result frames are applied to the table in bulk.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -21,31 +20,18 @@ from scheduler.records import Job, TaskRecord
 from scheduler.retry import RetryPolicy
 from scheduler.state import TaskTable
 from scheduler.telemetry import DURATION_BUCKETS, Histogram
+from worker.pool import hold_target as pool_hold_target
 
 log = structlog.get_logger("taskmill.dispatch")
 
-LONG_TASK_S = 0.05  # above this mean runtime, a worker holds one task at a time
-# Below LONG_TASK_S a worker holds about this much work, to hide round trips. It must
-# stay well above the worker's result batch age (worker.process.BATCH_AGE_S): a worker
-# reports every 20 ms at most, and must not run dry before its report brings a refill.
-WORK_AHEAD_S = 0.05
+# Local workers may hold more tiny tasks than the worker daemon's pool (64): each run
+# frame costs the scheduler a write and an encode, so tiny tasks go in as few as possible.
 MAX_HOLD = 1024
 
 
 def hold_target(avg_runtime_s: float | None, backlog: int, workers: int) -> int:
-    """How many tasks one worker should hold (running plus buffered).
-
-    Long tasks are handed out one at a time so no task waits behind another while a
-    worker is idle (Celery's prefetch problem). Short tasks are sent in batches worth
-    ``WORK_AHEAD_S`` of work, but never more than a fair share of the backlog so the
-    tail of a workload still spreads over every worker.
-    """
-    if avg_runtime_s is None or avg_runtime_s >= LONG_TASK_S:
-        per_worker = 1
-    else:
-        per_worker = max(2, min(MAX_HOLD, math.ceil(WORK_AHEAD_S / max(avg_runtime_s, 1e-6))))
-    fair_share = math.ceil(backlog / max(1, workers))
-    return max(1, min(per_worker, fair_share))
+    """How many tasks one local worker should hold: :func:`worker.pool.hold_target`."""
+    return pool_hold_target(avg_runtime_s, backlog, workers, max_hold=MAX_HOLD)
 
 
 class RemoteSink(Protocol):

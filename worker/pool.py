@@ -187,8 +187,11 @@ class ProcessHandle:
 # --- the pool ------------------------------------------------------------------------------
 
 LONG_TASK_S = 0.05  # above this mean runtime, a process holds one task at a time
-WORK_AHEAD_S = 0.05  # below it, a process holds about this much work (> BATCH_AGE_S)
-MAX_HOLD = 64
+# Below LONG_TASK_S a process holds about this much work, to hide round trips. It must
+# stay well above the process's result batch age (worker.process.BATCH_AGE_S): a process
+# reports every 20 ms at most, and must not run dry before its report brings a refill.
+WORK_AHEAD_S = 0.05
+MAX_HOLD = 64  # this pool's cap; the scheduler's local workers take more (scheduler.dispatch)
 RESTART_DELAY_MAX_S = 30.0
 QUICK_DEATH_S = 5.0  # a process that dies sooner than this after starting is backed off
 
@@ -209,12 +212,21 @@ class _Slot:
     cancelling: set[int] = field(default_factory=set)
 
 
-def hold_target(avg_runtime_s: float | None, backlog: int, processes: int) -> int:
-    """Tasks one process should hold (running plus buffered); see the module docstring."""
+def hold_target(
+    avg_runtime_s: float | None, backlog: int, processes: int, *, max_hold: int = MAX_HOLD
+) -> int:
+    """How many tasks one worker process should hold (running plus buffered).
+
+    The one batching policy of both the scheduler's dispatcher and this pool. Long
+    tasks are handed out one at a time so no task waits behind another while a process
+    is idle (Celery's prefetch problem). Short tasks are sent in batches worth
+    ``WORK_AHEAD_S`` of work (at most ``max_hold``), but never more than a fair share
+    of the backlog so the tail of a workload still spreads over every process.
+    """
     if avg_runtime_s is None or avg_runtime_s >= LONG_TASK_S:
         per_process = 1
     else:
-        per_process = max(2, min(MAX_HOLD, math.ceil(WORK_AHEAD_S / max(avg_runtime_s, 1e-6))))
+        per_process = max(2, min(max_hold, math.ceil(WORK_AHEAD_S / max(avg_runtime_s, 1e-6))))
     fair_share = math.ceil(backlog / max(1, processes))
     return max(1, min(per_process, fair_share))
 
