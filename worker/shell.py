@@ -195,28 +195,18 @@ def _spawn(argv: list[str], executable: str | None) -> _Child:
         (os.POSIX_SPAWN_DUP2, out_w, 1),
         (os.POSIX_SPAWN_DUP2, err_w, 2),
     ]
-    env = _environment()
+    # No executable: search PATH for argv[0], as execvp does.
+    spawn, path = (os.posix_spawnp, argv[0]) if executable is None else (os.posix_spawn, executable)
     try:
-        if executable is None:  # search PATH for argv[0], as execvp does
-            pid = os.posix_spawnp(
-                argv[0],
-                argv,
-                env,
-                file_actions=actions,
-                setsid=True,
-                setsigdef=_RESTORED_SIGNALS,
-                setsigmask=(),
-            )
-        else:
-            pid = os.posix_spawn(
-                executable,
-                argv,
-                env,
-                file_actions=actions,
-                setsid=True,
-                setsigdef=_RESTORED_SIGNALS,
-                setsigmask=(),
-            )
+        pid = spawn(
+            path,
+            argv,
+            _environment(),
+            file_actions=actions,
+            setsid=True,
+            setsigdef=_RESTORED_SIGNALS,
+            setsigmask=(),
+        )
     except BaseException:
         for fd in (out_r, err_r):
             os.close(fd)
