@@ -113,12 +113,7 @@ def execute(
             "finished": finished,
             "worker": worker_id,
         }
-        if value is not None:
-            result["value"] = value
-        if error is not None:
-            result["error"] = error
-        if stderr:
-            result["stderr"] = stderr
+        _add_outputs(result, None, "", stderr, value, error)
         return result
     if kind == "shell":
         cmd = task.get("cmd")
