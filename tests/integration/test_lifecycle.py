@@ -189,3 +189,18 @@ async def test_per_user_quota(start_scheduler: SchedulerFactory) -> None:
             await client.submit([{"cmd": "true"}], user="ann")
         assert info.value.code is ErrorCode.QUOTA and "ann" in str(info.value)
         await client.submit([{"cmd": "true"}], user="bob")  # others are not affected
+
+
+async def test_run_of_a_rejected_one_batch_job_raises_the_submit_error(
+    start_scheduler: SchedulerFactory,
+) -> None:
+    # run() sends a one-batch job's submit and its results request together; when the
+    # submit is rejected, the caller must see why, not the stream's "no such job".
+    sched = await start_scheduler(local_workers=1)
+    async with Client("127.0.0.1", sched.port) as client:
+        with pytest.raises(RemoteError) as info:
+            await client.run([{"fn": "no_such_handler_xyz"}])
+        assert info.value.code is not ErrorCode.NOT_FOUND
+        assert "no_such_handler_xyz" in info.value.message
+        ok = await client.run([{"fn": "noop"}])  # the connection is still usable
+    assert [r.state for r in ok] == [TaskState.SUCCEEDED]
