@@ -244,7 +244,7 @@ class Connection:
         except (TypeError, ValueError, OverflowError) as exc:
             raise ClientError(f"cannot encode the {msg.get('op')} request: {exc}") from exc
 
-    def _write(self, writer: asyncio.StreamWriter, frame: bytes) -> None:
+    def _write(self, frame: bytes) -> None:
         if not self._out:
             asyncio.get_running_loop().call_soon(self._flush_out)
         self._out.append(frame)
@@ -269,12 +269,12 @@ class Connection:
 
         Raises :class:`FrameTooLarge` (nothing written) when ``msg`` does not fit.
         """
-        writer = self._check_usable()
+        self._check_usable()
         rid = next(self._rids)
         msg["rid"] = rid
         frame = self._encode(msg)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._write(writer, frame)
+        self._write(frame)
         self._pending[rid] = fut
         return rid, fut
 
@@ -297,13 +297,13 @@ class Connection:
 
     def open_stream(self, msg: dict[str, Any]) -> tuple[int, asyncio.Queue[StreamItem]]:
         """Write a streaming request; its frames (or its failure) arrive on the queue."""
-        writer = self._check_usable()
+        self._check_usable()
         rid = next(self._rids)
         msg["rid"] = rid
         frame = self._encode(msg)
         queue: asyncio.Queue[StreamItem] = asyncio.Queue()
         self._streams[rid] = queue
-        self._write(writer, frame)
+        self._write(frame)
         return rid, queue
 
     def close_stream(self, rid: int) -> None:
